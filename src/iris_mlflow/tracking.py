@@ -1,0 +1,103 @@
+"""MLflow configuration and the per-epoch metrics callback.
+
+Configured the MLflow way: ``MLFLOW_TRACKING_URI`` and ``MLFLOW_EXPERIMENT_NAME`` from the
+environment, overridable by arguments. With no URI at all, runs go to an embedded SQLite
+store in the working folder, so the code runs with no server.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from urllib.parse import urlsplit
+
+import keras
+import mlflow
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "iris-classifier"
+#: Where a person opens the UI, when it differs from the URI the code talks to
+#: (in the stack the notebook talks to http://mlflow:5000, the browser to localhost).
+UI_URL_ENV = "MLFLOW_UI_URL"
+
+
+class TrackingServerError(RuntimeError):
+    """The tracking server cannot be reached or does not answer as MLflow does."""
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def resolve_experiment(experiment_name: str | None = None) -> str:
+    return experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+
+
+def check_server(tracking_uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, in one line, when an HTTP tracking server is not there.
+
+    MLflow's client retries a dead server with back-off for minutes before it gives up;
+    a person who mistyped a port wants to know at once.
+    """
+    if urlsplit(tracking_uri).scheme not in ("http", "https"):
+        return
+    url = tracking_uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 (http(s) only, checked above)
+            body = answer.read(64)
+    except urllib.error.HTTPError as error:
+        raise TrackingServerError(
+            f"tracking server at {tracking_uri} answered {error.code} {error.reason} to /health"
+        ) from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise TrackingServerError(
+            f"cannot reach the tracking server at {tracking_uri}: {reason}"
+        ) from None
+    if body.strip() != b"OK":
+        raise TrackingServerError(f"{tracking_uri} does not look like an MLflow tracking server")
+
+
+def configure(tracking_uri: str | None = None, experiment_name: str | None = None) -> str:
+    """Point MLflow at the store and experiment; return the experiment id."""
+    uri = resolve_tracking_uri(tracking_uri)
+    check_server(uri)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.set_experiment(resolve_experiment(experiment_name))
+    return experiment.experiment_id
+
+
+def run_url(experiment_id: str, run_id: str) -> str | None:
+    """The run's page in the MLflow UI, when there is a UI to open."""
+    base = os.environ.get(UI_URL_ENV) or mlflow.get_tracking_uri()
+    if urlsplit(base).scheme not in ("http", "https"):
+        return None
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+class EpochMetricsLogger(keras.callbacks.Callback):
+    """Log every epoch's metrics to the active run without waiting on the server.
+
+    One asynchronous ``log_metrics`` call per epoch: MLflow queues it and sends batches
+    from a background thread; :func:`iris_mlflow.train.train` flushes before the run ends.
+    (``mlflow.keras.MlflowCallback`` does the same per epoch but also logs a step-0
+    ``validation_*`` point after every validation pass, which only adds noise here.)
+    """
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs:
+            mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch, synchronous=False)
+
+
+class ProgressPrinter(keras.callbacks.Callback):
+    """One compact line per epoch, for terminals."""
+
+    def __init__(self, epochs: int, write=print) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self.write = write
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        shown = "  ".join(f"{k} {float(v):.4f}" for k, v in (logs or {}).items())
+        self.write(f"epoch {epoch + 1:>{len(str(self.epochs))}}/{self.epochs}  {shown}")
