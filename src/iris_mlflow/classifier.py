@@ -52,7 +52,9 @@ def validate_measurements(rows: pd.DataFrame | np.ndarray) -> np.ndarray:
             )
         rows = pd.DataFrame(rows, columns=list(FEATURES))
     if not isinstance(rows, pd.DataFrame):
-        raise InvalidMeasurementsError(f"expected a table of measurements, got {type(rows).__name__}")
+        raise InvalidMeasurementsError(
+            f"expected a table of measurements, got {type(rows).__name__}"
+        )
     missing = [c for c in FEATURES if c not in rows.columns]
     extra = [str(c) for c in rows.columns if c not in FEATURES]
     if missing or extra:
@@ -102,7 +104,7 @@ class IrisClassifier(mlflow.pyfunc.PythonModel):
         # Trace once now, so the first request does not pay for it.
         self.model(np.ones((1, len(FEATURES)), dtype="float32"))
 
-    def predict(self, context, model_input, params=None):  # noqa: ARG002 (pyfunc interface)
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:  # noqa: ARG002 (pyfunc interface)
         matrix = validate_measurements(model_input)
         # A direct call, not model.predict: predict sets up a data pipeline per call,
         # which costs tens of milliseconds on a few rows (tensorflow issue 40261).
@@ -120,7 +122,7 @@ def log_classifier(keras_model, input_example: pd.DataFrame, name: str = "model"
         keras_model.save(keras_path)
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=IrisClassifier(),
+            python_model=str(package_dir / "served_model.py"),
             artifacts={"keras_model": str(keras_path)},
             # The served container needs only this package's code, not an install of it.
             code_paths=[str(package_dir)],

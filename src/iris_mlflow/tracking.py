@@ -87,7 +87,9 @@ class EpochMetricsLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs:
-            mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch, synchronous=False)
+            mlflow.log_metrics(
+                {k: float(v) for k, v in logs.items()}, step=epoch, synchronous=False
+            )
 
 
 class ProgressPrinter(keras.callbacks.Callback):

@@ -124,10 +124,10 @@ def train(
 
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params(asdict(config))
-        mlflow.log_params(
-            {"n_train": len(x_train), "n_val": len(x_val), "n_test": len(x_test)}
+        mlflow.log_params({"n_train": len(x_train), "n_val": len(x_val), "n_test": len(x_test)})
+        mlflow.set_tags(
+            {"dataset": "iris (scikit-learn)", "framework": f"keras {keras.__version__}"}
         )
-        mlflow.set_tags({"dataset": "iris (scikit-learn)", "framework": f"keras {keras.__version__}"})
 
         model = build_model(x_train, config.hidden_units, config.learning_rate, config.seed)
         fit = model.fit(

@@ -1,0 +1,57 @@
+# iris-mlflow-stack: everyday commands. `make help` lists them.
+# POETRY: the Poetry to run (CI on the build machines passes their wrapper).
+POETRY ?= poetry
+COMPOSE ?= docker compose
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv requirements lint format test test-fast up down logs base-image bench clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: pyproject.toml poetry.lock
+	$(POETRY) install --sync
+	@touch $@
+
+venv: $(VENV)/.installed ## Create or update .venv from poetry.lock (all groups)
+
+requirements: ## Export the images' requirements files from poetry.lock
+	$(POETRY) export --only main,notebook --format requirements.txt --output jupyter-notebook-docker/requirements.txt
+	$(POETRY) export --only server --format requirements.txt --output mlflow-docker/requirements.txt
+
+lint: venv ## ruff on code and notebook, PEP 8 on the notebook
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/nbqa pycodestyle src/iris_training.ipynb
+
+format: venv ## Apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: venv ## Run every test (Docker and browser tests need a Docker engine)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: venv ## Tests that need no Docker engine or browser
+	$(PY) -m pytest -m "not docker and not browser" $(PYTEST_ARGS)
+
+up: ## Build and start the stack (Jupyter :8888, MLflow :5000)
+	$(COMPOSE) up --build -d
+
+down: ## Stop the stack; the volumes (runs, models) are kept
+	$(COMPOSE) down
+
+logs: ## Follow the stack's logs (the Jupyter token is printed here)
+	$(COMPOSE) logs -f
+
+base-image: ## Build a stand-in python:3.11 base image from Debian (no registry needed)
+	scripts/build-base-image.sh
+
+bench: venv ## Run the benchmarks and write docs/benchmarks.md
+	$(PY) -m bench
+
+clean: ## Remove caches and local run stores (not the Docker volumes)
+	rm -rf .pytest_cache .ruff_cache mlflow.db mlruns src/mlflow.db
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,152 @@
+"""Shared fixtures: a real ``mlflow server`` on loopback, and helpers that read runs back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PER_EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+TEST_METRICS = ("test_loss", "test_accuracy", "test_macro_f1")
+PLOTS = ("plots/confusion_matrix.png", "plots/training_curves.png")
+
+# Quiet TensorFlow in subprocesses the tests start; it keeps failure output readable.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real tracking server: SQLite store and served artifacts in a temp folder."""
+    home = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = (home / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{home / 'mlflow.db'}",
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(home / "artifacts"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=home,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{uri}/health", timeout=90, proc=proc)
+        yield uri
+    except Exception:
+        print((home / "server.log").read_text()[-3000:])
+        raise
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def experiment_name(request: pytest.FixtureRequest) -> str:
+    """A fresh experiment per test, so runs of different tests never mix."""
+    return f"test-{request.node.name[:40]}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def client(mlflow_server: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=mlflow_server)
+
+
+def only_run(client, experiment_name: str):
+    """The single run of an experiment, checked to be the only one."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    assert experiment is not None, f"experiment {experiment_name} was not created"
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1, f"expected one run, found {len(runs)}"
+    return runs[0]
+
+
+def assert_complete_run(client, run_id: str, epochs: int) -> None:
+    """Everything a training run promises to log, read back through the tracking API."""
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["epochs"] == str(epochs)
+    for name in ("batch_size", "hidden_units", "learning_rate", "seed", "n_train", "n_test"):
+        assert name in params, f"param {name} not logged"
+    for metric in PER_EPOCH_METRICS:
+        history = client.get_metric_history(run_id, metric)
+        assert sorted(m.step for m in history) == list(range(epochs)), metric
+    for metric in TEST_METRICS:
+        assert 0 <= run.data.metrics[metric] <= (1 if metric != "test_loss" else 100), metric
+    plots = {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert set(PLOTS) <= plots
+    models = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+    )
+    assert len(models) == 1, "expected one logged model"
+    assert models[0].name == "model"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With IRIS_FAIL_ON_SKIP=1 (CI sets it), a skipped test fails the run.
+
+    A docker or browser test that skips for want of an engine proves nothing; CI must
+    install what they need, not quietly pass without them.
+    """
+    if os.environ.get("IRIS_FAIL_ON_SKIP") != "1":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if skipped and exitstatus == pytest.ExitCode.OK:
+        reporter.write_line(
+            f"IRIS_FAIL_ON_SKIP=1: {len(skipped)} test(s) skipped; failing the run", red=True
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
