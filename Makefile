@@ -13,7 +13,7 @@ help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(VENV)/.installed: pyproject.toml poetry.lock
-	$(POETRY) install --sync
+	$(POETRY) sync
 	@touch $@
 
 venv: $(VENV)/.installed ## Create or update .venv from poetry.lock (all groups)

@@ -1,0 +1,347 @@
+"""The compose stack on a real Docker engine: build, run the notebook inside it, read the run
+back from the host, check what is exposed, and find everything again after restarts."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from tests.conftest import ROOT, assert_complete_run, only_run
+from tests.stack import Stack, docker, engine_available, remove_leftover_projects
+
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.slow,
+    pytest.mark.skipif(not engine_available(), reason="no Docker engine is running"),
+]
+
+SRC = ROOT / "src"
+#: The UID a host user other than the image's default 1000 would have.
+HOST_UID = 4242
+
+
+@pytest.fixture(scope="module")
+def src_owner():
+    """The UID/GID that own ./src during the tests, as on a user's machine.
+
+    A user's checkout belongs to that user; CI's belongs to root. Run as root, the fixture
+    lends ./src to HOST_UID for the duration (and gives it back), so the test sees what a
+    non-root host user whose UID is not the image's 1000 would see.
+    """
+    stat = SRC.stat()
+    if stat.st_uid != 0:
+        yield stat.st_uid, stat.st_gid
+        return
+    subprocess.run(["chown", "-R", f"{HOST_UID}:{HOST_UID}", str(SRC)], check=True)
+    try:
+        yield HOST_UID, HOST_UID
+    finally:
+        subprocess.run(["chown", "-R", f"{stat.st_uid}:{stat.st_gid}", str(SRC)], check=True)
+
+
+@pytest.fixture(scope="module")
+def stack(src_owner):
+    remove_leftover_projects()
+    stack = Stack()
+    try:
+        stack.compose("build", timeout=3000)
+        stack.up()
+        yield stack
+    finally:
+        stack.down(volumes=True)
+
+
+@pytest.fixture(scope="module")
+def notebook_run(stack):
+    """The notebook executed inside the jupyter container, as the notebook user."""
+    experiment = "stack-notebook"
+    done = stack.exec(
+        "jupyter",
+        "papermill",
+        "iris_training.ipynb",
+        "/tmp/executed.ipynb",
+        "-p",
+        "EPOCHS",
+        "3",
+        "-p",
+        "EXPERIMENT_NAME",
+        experiment,
+        "--no-progress-bar",
+        user="jovyan",
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack.mlflow_url)
+    return client, only_run(client, experiment)
+
+
+def artifact_checksums(stack: Stack, client, run) -> dict[str, str]:
+    """sha256 of every file of the run and its model, fetched through the server's proxy."""
+    models = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+    )
+    roots = [
+        f"{run.info.experiment_id}/{run.info.run_id}/artifacts",
+        *(f"{run.info.experiment_id}/models/{m.model_id}/artifacts" for m in models),
+    ]
+    api = f"{stack.mlflow_url}/api/2.0/mlflow-artifacts/artifacts"
+    sums: dict[str, str] = {}
+    pending = list(roots)
+    while pending:
+        path = pending.pop()
+        listing = requests.get(api, params={"path": path}, timeout=30)
+        listing.raise_for_status()
+        for entry in listing.json().get("files", []):
+            child = f"{path}/{entry['path']}"
+            if entry["is_dir"]:
+                pending.append(child)
+            else:
+                body = requests.get(f"{api}/{child}", timeout=30)
+                body.raise_for_status()
+                sums[child] = hashlib.sha256(body.content).hexdigest()
+    return sums
+
+
+def snapshot(stack: Stack, client, run) -> dict:
+    from tests.conftest import PER_EPOCH_METRICS
+
+    fresh = client.get_run(run.info.run_id)
+    return {
+        "status": fresh.info.status,
+        "params": fresh.data.params,
+        "metrics": fresh.data.metrics,
+        "histories": {
+            m: [(h.step, h.value) for h in client.get_metric_history(run.info.run_id, m)]
+            for m in PER_EPOCH_METRICS
+        },
+        "artifacts": artifact_checksums(stack, client, run),
+    }
+
+
+def test_both_services_are_healthy(stack):
+    assert stack.health("mlflow") == "healthy"
+    assert stack.health("jupyter") == "healthy"
+
+
+def test_notebook_in_the_container_logs_a_complete_run(stack, notebook_run):
+    client, run = notebook_run
+    assert_complete_run(client, run.info.run_id, epochs=3)
+
+
+def test_model_downloads_through_the_proxy_and_predicts(stack, notebook_run):
+    import mlflow
+
+    client, run = notebook_run
+    (model,) = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+    )
+    mlflow.set_tracking_uri(stack.mlflow_url)
+    try:
+        loaded = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
+    finally:
+        mlflow.set_tracking_uri(None)
+    flowers = {
+        "sepal_length": [5.1, 6.9],
+        "sepal_width": [3.5, 3.1],
+        "petal_length": [1.4, 5.4],
+        "petal_width": [0.2, 2.1],
+    }
+    import pandas as pd
+
+    answer = loaded.predict(pd.DataFrame(flowers))
+    assert answer["species"].iloc[0] == "setosa"
+    probabilities = answer.filter(like="probability_").to_numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_jupyter_requires_its_token(stack):
+    url = f"{stack.jupyter_url}/api/contents"
+    assert requests.get(url, timeout=10).status_code == 403
+    assert requests.get(url, params={"token": "wrong"}, timeout=10).status_code == 403
+    ok = requests.get(url, headers={"Authorization": f"token {stack.token}"}, timeout=10)
+    assert ok.status_code == 200
+    assert "iris_training.ipynb" in {item["name"] for item in ok.json()["content"]}
+
+
+def test_mlflow_refuses_a_foreign_host_header(stack):
+    search = f"{stack.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert requests.get(search, timeout=10).status_code == 200
+    foreign = requests.get(search, headers={"Host": "attacker.example:5000"}, timeout=10)
+    assert foreign.status_code == 403
+
+
+def test_published_ports_are_loopback_only(stack):
+    for service in ("mlflow", "jupyter"):
+        ports = docker("port", stack.container(service)).stdout.split("\n")
+        bound = [line.split(" -> ")[1] for line in ports if " -> " in line]
+        assert bound, f"{service} publishes no port"
+        for address in bound:
+            assert address.startswith("127.0.0.1:"), f"{service} is published on {address}"
+
+
+def test_services_run_as_non_root(stack):
+    for service in ("mlflow", "jupyter"):
+        rows = docker("top", stack.container(service), "-o", "pid,uid,args").stdout.splitlines()[1:]
+        # Skip the init process (docker-init) that only reaps and forwards signals.
+        serving = [row.split(None, 2) for row in rows if "docker-init" not in row]
+        assert serving, f"no process in {service}"
+        for _pid, uid, args in serving:
+            assert uid != "0", f"{service} runs {args!r} as root"
+
+
+def test_files_written_in_the_container_belong_to_the_src_owner(stack, src_owner):
+    uid, gid = src_owner
+    name = f"written-by-container-{os.getpid()}.txt"
+    target = SRC / name
+    try:
+        done = stack.exec(
+            "jupyter", "python", "-c", f"open('{name}', 'w').write('hello\\n')", user="jovyan"
+        )
+        assert done.returncode == 0, done.stderr
+        stat = target.stat()
+        assert (stat.st_uid, stat.st_gid) == (uid, gid)
+        # The host user who owns src/ can edit it.
+        as_owner = (
+            []
+            if os.getuid() == uid
+            else ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+        )
+        subprocess.run([*as_owner, "sh", "-c", f"echo edited >> '{target}'"], check=True)
+        assert target.read_text() == "hello\nedited\n"
+    finally:
+        target.unlink(missing_ok=True)
+
+
+def test_runs_survive_down_up_and_a_killed_server(stack, notebook_run):
+    client, run = notebook_run
+    before = snapshot(stack, client, run)
+    assert len(before["artifacts"]) >= 5
+
+    stack.down(volumes=False)
+    stack.up()
+    assert snapshot(stack, client, run) == before
+
+    docker("kill", stack.container("mlflow"))
+    stack.up()
+    assert snapshot(stack, client, run) == before
+    # And the restarted server still takes new runs.
+    done = stack.exec(
+        "jupyter",
+        "iris-train",
+        "--epochs",
+        "2",
+        "--experiment",
+        "after-kill",
+        "--quiet",
+        user="jovyan",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert only_run(client, "after-kill").info.status == "FINISHED"
+
+
+def test_unauthenticated_jupyter_serves_no_files(stack):
+    """Without the token, a file URL leads to the login page, never to the file."""
+    answer = requests.get(
+        f"{stack.jupyter_url}/files/iris_training.ipynb", allow_redirects=False, timeout=10
+    )
+    assert answer.status_code in (302, 403)
+    assert "/login" in answer.headers.get("Location", "/login")
+    assert "parameters" not in answer.text
+
+
+def backup_script(stack: Stack, *args: str, root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(ROOT / "scripts" / "backup-volumes.sh"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**stack.env, "BACKUP_ROOT": str(root)},
+        timeout=600,
+    )
+
+
+def test_backup_restores_everything_into_empty_volumes(stack, notebook_run, tmp_path):
+    client, run = notebook_run
+    before = snapshot(stack, client, run)
+    saved = tmp_path / "backup"
+    done = backup_script(stack, "backup", str(saved), root=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+    # A broken archive is refused before anything is touched.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "store.tgz").write_bytes((saved / "store.tgz").read_bytes()[:100])
+    (broken / "artifacts.tgz").write_bytes((saved / "artifacts.tgz").read_bytes())
+    refused = backup_script(stack, "restore", str(broken), root=tmp_path)
+    assert refused.returncode == 2
+    assert "store.tgz is not a valid archive" in refused.stderr
+    assert snapshot(stack, client, run) == before
+
+    stack.down(volumes=True)  # every run gone
+    stack.up()
+    assert client.get_experiment_by_name("stack-notebook") is None
+    done = backup_script(stack, "restore", str(saved), root=tmp_path)
+    assert done.returncode == 0, done.stderr
+    stack.wait_healthy()
+    assert snapshot(stack, client, run) == before
+    assert any(p.name.startswith("before-restore-") for p in tmp_path.iterdir())
+
+
+OLD_MLFLOW = "2.22.5"
+MAKE_OLD_STORE = """
+from mlflow import MlflowClient
+client = MlflowClient("sqlite:////mlflow/store/mlflow.db")
+run = client.create_run(client.create_experiment("made-by-old-mlflow"))
+client.log_param(run.info.run_id, "epochs", "3")
+for step in range(3):
+    client.log_metric(run.info.run_id, "loss", 1.0 / (step + 1), step=step)
+client.set_terminated(run.info.run_id)
+"""
+
+
+def test_a_store_made_by_an_older_mlflow_is_migrated_on_start(stack):
+    """The tracking server starts on a store from MLflow 2.x: no manual `mlflow db upgrade`."""
+    old = Stack()
+    volume = f"{old.project}_mlflow-store"
+    labels = [f"com.docker.compose.project={old.project}", "com.docker.compose.volume=mlflow-store"]
+    docker("volume", "create", *(f"--label={label}" for label in labels), volume)
+    try:
+        docker(
+            "run",
+            "--rm",
+            "-v",
+            f"{volume}:/mlflow/store",
+            "--entrypoint",
+            "bash",
+            "iris-mlflow-stack/mlflow:latest",
+            "-c",
+            f"python -m venv /tmp/old && /tmp/old/bin/pip install -q mlflow-skinny=={OLD_MLFLOW} "
+            f"'sqlalchemy<2.1' alembic && /tmp/old/bin/python -c '{MAKE_OLD_STORE}'",
+            timeout=600,
+        )
+        old.up("mlflow")
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=old.mlflow_url)
+        run = only_run(client, "made-by-old-mlflow")
+        assert run.data.params == {"epochs": "3"}
+        assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [
+            1.0,
+            0.5,
+            1 / 3,
+        ]
+        logs = old.compose("logs", "mlflow").stdout
+        assert "migrating the tracking store from schema" in logs
+        listing = old.exec("mlflow", "ls", "/mlflow/store").stdout.split()
+        assert any(name.endswith(".bak") for name in listing), listing
+    finally:
+        old.down(volumes=True)
