@@ -111,9 +111,8 @@ class Stack:
             stdin=subprocess.DEVNULL,
         )
         if check and done.returncode != 0:
-            raise RuntimeError(
-                f"compose {' '.join(args)} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-            )
+            output = f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+            raise RuntimeError(f"compose {' '.join(args)} exited {done.returncode}:\n{output}")
         return done
 
     def container(self, service: str) -> str:

@@ -46,7 +46,8 @@ def src_owner():
 
 
 @pytest.fixture(scope="module")
-def stack(src_owner):
+def stack(request):
+    request.getfixturevalue("src_owner")  # ./src gets its owner before the container starts
     remove_leftover_projects()
     stack = Stack()
     try:
@@ -61,11 +62,12 @@ def stack(src_owner):
 def notebook_run(stack):
     """The notebook executed inside the jupyter container, as the notebook user."""
     experiment = "stack-notebook"
+    executed = "/tmp/executed.ipynb"  # noqa: S108 (inside the container)
     done = stack.exec(
         "jupyter",
         "papermill",
         "iris_training.ipynb",
-        "/tmp/executed.ipynb",
+        executed,
         "-p",
         "EPOCHS",
         "3",
@@ -131,7 +133,7 @@ def test_both_services_are_healthy(stack):
     assert stack.health("jupyter") == "healthy"
 
 
-def test_notebook_in_the_container_logs_a_complete_run(stack, notebook_run):
+def test_notebook_in_the_container_logs_a_complete_run(notebook_run):
     client, run = notebook_run
     assert_complete_run(client, run.info.run_id, epochs=3)
 
@@ -308,7 +310,8 @@ client.set_terminated(run.info.run_id)
 """
 
 
-def test_a_store_made_by_an_older_mlflow_is_migrated_on_start(stack):
+@pytest.mark.usefixtures("stack")  # built the images
+def test_a_store_made_by_an_older_mlflow_is_migrated_on_start():
     """The tracking server starts on a store from MLflow 2.x: no manual `mlflow db upgrade`."""
     old = Stack()
     volume = f"{old.project}_mlflow-store"

@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--experiment", help="default: $MLFLOW_EXPERIMENT_NAME, else iris-classifier"
     )
     parser.add_argument("--run-name")
+    parser.add_argument(
+        "--registered-model",
+        default="iris-classifier",
+        help="register the model under this name (default: %(default)s)",
+    )
+    parser.add_argument("--no-register", action="store_true", help="do not register the model")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     return parser
 
@@ -96,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             experiment_name=args.experiment,
             run_name=args.run_name,
             progress=None if args.quiet else print,
+            register_as=None if args.no_register else args.registered_model,
         )
     except (ValueError, TrackingServerError) as error:
         print(f"iris-train: error: {error}", file=sys.stderr)
@@ -112,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model:         {result.model_uri}")
     if result.run_url:
         print(f"run:           {result.run_url}")
+    if result.registration:
+        reg = result.registration
+        print(f"registered:    {reg.name} version {reg.version} @{reg.alias}")
     return 0
 
 

@@ -16,6 +16,7 @@ from iris_mlflow import tracking
 from iris_mlflow.classifier import log_classifier
 from iris_mlflow.data import FEATURES, SPECIES, IrisSplit, split
 from iris_mlflow.model import build_model
+from iris_mlflow.registry import REGISTERED_MODEL, Registration, register
 
 MODEL_NAME = "model"
 
@@ -65,6 +66,7 @@ class TrainingResult:
     data: IrisSplit = field(repr=False)
     figures: dict[str, Figure] = field(repr=False)
     run_url: str | None = None
+    registration: Registration | None = None
 
 
 def training_curves(history: dict[str, Sequence[float]]) -> Figure:
@@ -106,10 +108,13 @@ def train(
     experiment_name: str | None = None,
     run_name: str | None = None,
     progress: Callable[[str], None] | None = None,
+    register_as: str | None = REGISTERED_MODEL,
 ) -> TrainingResult:
     """Train on a stratified split, evaluate on held-out flowers, and log it all to MLflow.
 
     A failure anywhere inside the run ends the run as FAILED (MLflow's context manager).
+    With ``register_as`` (the default name unless None), the model then becomes a version of
+    that registered model, champion or challenger by its test accuracy.
     """
     config = config or TrainingConfig()
     experiment_id = tracking.configure(tracking_uri, experiment_name)
@@ -160,6 +165,10 @@ def train(
         # Everything queued asynchronously must reach the server before the run ends.
         mlflow.flush_async_logging()
 
+    registration = None
+    if register_as:
+        registration = register(logged.model_uri, float(test_accuracy), register_as)
+
     return TrainingResult(
         run_id=run.info.run_id,
         experiment_id=experiment_id,
@@ -172,6 +181,7 @@ def train(
         data=data,
         figures=figures,
         run_url=tracking.run_url(experiment_id, run.info.run_id),
+        registration=registration,
     )
 
 
