@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 from iris_mlflow.registry import CHAMPION, REGISTERED_MODEL
@@ -44,7 +45,7 @@ class Supervisor:
             "serving %s version %s (@%s) on port %d", self.name, version, self.alias, self.port
         )
         # MLflow starts uvicorn by name: this interpreter's scripts must come first on PATH.
-        bin_dir = os.path.dirname(sys.executable)
+        bin_dir = Path(sys.executable).parent
         env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.child = subprocess.Popen(
             self.scoring_command(version), env=env, start_new_session=True

@@ -1,0 +1,205 @@
+"""Registry aliases and the served model, with real processes: a tracking server, the
+iris-serve supervisor and MLflow's scoring server (`mlflow models serve`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from iris_mlflow import endpoint
+from iris_mlflow.classifier import MAX_ROWS, PROBABILITY_COLUMNS
+from iris_mlflow.data import FEATURES, SPECIES
+from iris_mlflow.registry import CHALLENGER, CHAMPION, register
+from iris_mlflow.train import TrainingConfig, predict_species, train
+from tests.conftest import free_port
+
+GOOD_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+
+
+@pytest.fixture(scope="module")
+def tracked(mlflow_server):
+    """Tracking points at the real server for this module, as a user's environment would."""
+    import mlflow
+
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
+    mlflow.set_tracking_uri(mlflow_server)
+    yield mlflow_server
+    del os.environ["MLFLOW_TRACKING_URI"]
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def weak_model(request):
+    """Two epochs: a model a longer training beats."""
+    request.getfixturevalue("tracked")
+    return train(TrainingConfig(epochs=2), experiment_name="serving-tests", register_as=None)
+
+
+@pytest.mark.slow
+def test_alias_moves_only_on_equal_or_better_accuracy(weak_model, client):
+    name = f"alias-rules-{uuid.uuid4().hex[:6]}"
+    uri = weak_model.model_uri
+    first = register(uri, 0.90, name)
+    assert (first.alias, first.previous_champion) == (CHAMPION, None)
+
+    worse = register(uri, 0.80, name)
+    assert worse.alias == CHALLENGER
+    assert client.get_model_version_by_alias(name, CHAMPION).version == first.version
+    assert client.get_model_version_by_alias(name, CHALLENGER).version == worse.version
+    tags = client.get_model_version(name, worse.version).tags
+    assert tags["compared_with_version"] == first.version
+    assert tags["decision"] == "challenger: 0.8000 < 0.9000"
+
+    tie = register(uri, 0.90, name)
+    assert tie.alias == CHAMPION
+    assert client.get_model_version_by_alias(name, CHAMPION).version == tie.version
+
+    better = register(uri, 0.95, name)
+    assert (better.alias, better.previous_champion, better.previous_accuracy) == (
+        CHAMPION,
+        tie.version,
+        0.90,
+    )
+
+
+@pytest.fixture(scope="module")
+def model_server(tracked, tmp_path_factory):
+    """iris-serve on a free port, serving the champion of a fresh registered model."""
+    name = f"served-{uuid.uuid4().hex[:6]}"
+    port = free_port()
+    log = (tmp_path_factory.mktemp("iris-serve") / "iris-serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iris_mlflow.serve", "--model-name", name, "--port", str(port),
+         "--host", "127.0.0.1", "--poll-seconds", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracked},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        yield name, url, proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.mark.slow
+def test_server_waits_for_a_champion_then_serves_it(model_server, weak_model):
+    name, url, proc = model_server
+    time.sleep(3)
+    assert proc.poll() is None, "the supervisor must wait, not exit, while there is no champion"
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{url}/ping", timeout=2)
+
+    register(weak_model.model_uri, weak_model.test_accuracy, name)
+    endpoint.wait_until_serving(url, timeout=120)
+    rows = weak_model.data.x_test
+    answer = endpoint.predict(url, rows)
+    expected = predict_species(weak_model.model, rows.to_numpy())
+    assert list(answer.columns) == ["species", *PROBABILITY_COLUMNS]
+    assert list(answer["species"]) == [SPECIES[i] for i in expected.argmax(axis=1)]
+    np.testing.assert_allclose(
+        answer[list(PROBABILITY_COLUMNS)].to_numpy(), expected, rtol=1e-5, atol=1e-6
+    )
+
+
+def post(url: str, body: bytes | str, content_type: str = "application/json") -> requests.Response:
+    return requests.post(
+        f"{url}/invocations", data=body, headers={"Content-Type": content_type}, timeout=60
+    )
+
+
+def records(*rows: dict) -> str:
+    return json.dumps({"dataframe_records": list(rows)})
+
+
+BAD_REQUESTS = {
+    "missing column": (
+        records({k: v for k, v in GOOD_ROW.items() if k != "petal_width"}),
+        "petal_width",
+    ),
+    "string for a number": (records({**GOOD_ROW, "sepal_width": "wide"}), "sepal_width"),
+    "null (NaN)": (records({**GOOD_ROW, "petal_length": None}), "petal_length is missing/NaN"),
+    "negative": (records({**GOOD_ROW, "sepal_length": -5.1}), "sepal_length is -5.1"),
+    "zero": (records({**GOOD_ROW, "petal_width": 0}), "petal_width is 0.0"),
+    "absurd (mm, not cm)": (records({**GOOD_ROW, "sepal_length": 51}), "sepal_length is 51.0"),
+    "empty body": ("", "valid JSON"),
+    "not JSON": ("sepal_length=5.1", "valid JSON"),
+    "no rows": (records(), "sepal_length"),
+    "too many rows": (records(*[GOOD_ROW] * (MAX_ROWS + 1)), f"more than {MAX_ROWS} per request"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", BAD_REQUESTS)
+def test_bad_input_gets_a_400_naming_the_problem_and_serving_goes_on(model_server, case):
+    _name, url, _proc = model_server
+    endpoint.wait_until_serving(url, timeout=120)
+    body, named = BAD_REQUESTS[case]
+    answer = post(url, body)
+    assert answer.status_code == 400
+    assert named in answer.json()["message"]
+    good = post(url, records(GOOD_ROW))
+    assert good.status_code == 200
+    assert good.json()["predictions"][0]["species"] == "setosa"
+
+
+@pytest.mark.slow
+def test_unsupported_content_type_is_refused(model_server):
+    _name, url, _proc = model_server
+    endpoint.wait_until_serving(url, timeout=120)
+    assert post(url, "a,b", content_type="text/plain").status_code == 415
+
+
+@pytest.mark.slow
+def test_a_better_model_is_served_without_a_manual_step(model_server, weak_model):
+    name, url, _proc = model_server
+    endpoint.wait_until_serving(url, timeout=120)
+    better = train(TrainingConfig(epochs=60), experiment_name="serving-tests", register_as=name)
+    assert better.registration.alias == CHAMPION
+    rows = better.data.x_test
+    expected = predict_species(better.model, rows.to_numpy())
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            served = endpoint.predict(url, rows)[list(PROBABILITY_COLUMNS)].to_numpy()
+            if np.allclose(served, expected, rtol=1e-5, atol=1e-6):
+                break
+        except (requests.ConnectionError, endpoint.ModelServerError):
+            pass  # the scoring server restarts on the new version
+        assert time.monotonic() < deadline, "the new champion was not served within 90 s"
+        time.sleep(1)
+    assert not np.allclose(expected, predict_species(weak_model.model, rows.to_numpy()), atol=1e-3)
+
+
+def test_measurements_are_validated_in_process():
+    """The same checks without a server: what predict() does before the network runs."""
+    from iris_mlflow.classifier import InvalidMeasurementsError, validate_measurements
+
+    good = pd.DataFrame([GOOD_ROW])
+    assert validate_measurements(good).dtype == np.float32
+    assert (
+        validate_measurements(good[list(reversed(FEATURES))]).tolist()
+        == validate_measurements(good).tolist()
+    )
+    with pytest.raises(InvalidMeasurementsError, match="unknown column"):
+        validate_measurements(good.assign(colour=1.0))
+    with pytest.raises(InvalidMeasurementsError, match="must hold numbers"):
+        validate_measurements(good.assign(sepal_length=True))
+    with pytest.raises(InvalidMeasurementsError, match="shape"):
+        validate_measurements(np.ones((2, 3)))
+    with pytest.raises(InvalidMeasurementsError, match="inf"):
+        validate_measurements(good.assign(petal_width=float("inf")))
