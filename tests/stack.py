@@ -16,7 +16,8 @@ import uuid
 from dataclasses import dataclass, field
 from functools import cache
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
+from tests.servers import free_port
 
 PROJECT_PREFIX = "iristest"
 SERVICES = ("mlflow", "jupyter")
@@ -73,6 +74,7 @@ class Stack:
     project: str = field(default_factory=lambda: f"{PROJECT_PREFIX}{uuid.uuid4().hex[:8]}")
     mlflow_port: int = field(default_factory=free_port)
     jupyter_port: int = field(default_factory=free_port)
+    model_server_port: int = field(default_factory=free_port)
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -83,6 +85,7 @@ class Stack:
             "COMPOSE_PROJECT_NAME": self.project,
             "MLFLOW_PORT": str(self.mlflow_port),
             "JUPYTER_PORT": str(self.jupyter_port),
+            "MODEL_SERVER_PORT": str(self.model_server_port),
             "JUPYTER_TOKEN": self.token,
             # Compose 1.29 builds through the docker CLI with BuildKit (cache mounts).
             "DOCKER_BUILDKIT": "1",
@@ -93,6 +96,10 @@ class Stack:
     @property
     def mlflow_url(self) -> str:
         return f"http://127.0.0.1:{self.mlflow_port}"
+
+    @property
+    def model_server_url(self) -> str:
+        return f"http://127.0.0.1:{self.model_server_port}"
 
     @property
     def jupyter_url(self) -> str:

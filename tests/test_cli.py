@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, assert_complete_run, free_port, only_run
+from tests.conftest import ROOT, assert_complete_run, only_run
+from tests.servers import free_port
 
 REFUSED = "[Errno 111] Connection refused"
 

@@ -21,7 +21,7 @@ from iris_mlflow.classifier import MAX_ROWS, PROBABILITY_COLUMNS
 from iris_mlflow.data import FEATURES, SPECIES
 from iris_mlflow.registry import CHALLENGER, CHAMPION, register
 from iris_mlflow.train import TrainingConfig, predict_species, train
-from tests.conftest import free_port
+from tests.servers import free_port
 
 GOOD_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 

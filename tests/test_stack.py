@@ -4,8 +4,10 @@ back from the host, check what is exposed, and find everything again after resta
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +83,9 @@ def notebook_run(stack):
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=stack.mlflow_url)
-    return client, only_run(client, experiment)
+    notebook = json.loads(stack.exec("jupyter", "cat", executed).stdout)
+    outputs = json.dumps([cell.get("outputs", []) for cell in notebook["cells"]])
+    return client, only_run(client, experiment), outputs
 
 
 def artifact_checksums(stack: Stack, client, run) -> dict[str, str]:
@@ -134,14 +138,14 @@ def test_both_services_are_healthy(stack):
 
 
 def test_notebook_in_the_container_logs_a_complete_run(notebook_run):
-    client, run = notebook_run
+    client, run, _executed = notebook_run
     assert_complete_run(client, run.info.run_id, epochs=3)
 
 
 def test_model_downloads_through_the_proxy_and_predicts(stack, notebook_run):
     import mlflow
 
-    client, run = notebook_run
+    client, run, _executed = notebook_run
     (model,) = client.search_logged_models(
         experiment_ids=[run.info.experiment_id],
         filter_string=f"source_run_id = '{run.info.run_id}'",
@@ -165,6 +169,69 @@ def test_model_downloads_through_the_proxy_and_predicts(stack, notebook_run):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_notebook_asked_the_model_server(notebook_run):
+    """The notebook's last section got species back from the stack's model server."""
+    _client, _run, outputs = notebook_run
+    assert "probability_setosa" in outputs
+    assert "no model server here" not in outputs
+    assert '"ename"' not in outputs
+
+
+@pytest.mark.usefixtures("notebook_run")  # which registered the first champion
+def test_model_server_serves_the_champion_then_a_better_one(stack):
+    import mlflow
+    import pandas as pd
+
+    from iris_mlflow import endpoint
+    from iris_mlflow.classifier import PROBABILITY_COLUMNS
+    from iris_mlflow.data import split
+
+    endpoint.wait_until_serving(stack.model_server_url, timeout=180)
+    assert stack.health("model-server") in ("healthy", "starting")
+    rows = split().x_test
+    mlflow.set_tracking_uri(stack.mlflow_url)
+    try:
+
+        def champion_answers() -> pd.DataFrame:
+            return mlflow.pyfunc.load_model("models:/iris-classifier@champion").predict(rows)
+
+        first = champion_answers()
+        served = endpoint.predict(stack.model_server_url, rows)
+        pd.testing.assert_frame_equal(served, first, rtol=1e-5)
+
+        done = stack.exec(
+            "jupyter",
+            "iris-train",
+            "--epochs",
+            "100",
+            "--experiment",
+            "better",
+            "--quiet",
+            user="jovyan",
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "@champion" in done.stdout, done.stdout
+        second = champion_answers()
+        assert not np.allclose(
+            second[list(PROBABILITY_COLUMNS)], first[list(PROBABILITY_COLUMNS)], atol=1e-3
+        )
+    finally:
+        mlflow.set_tracking_uri(None)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            served = endpoint.predict(stack.model_server_url, rows)
+            if np.allclose(
+                served[list(PROBABILITY_COLUMNS)], second[list(PROBABILITY_COLUMNS)], rtol=1e-5
+            ):
+                break
+        except (requests.ConnectionError, endpoint.ModelServerError):
+            pass  # the scoring server restarts on the new version
+        assert time.monotonic() < deadline, "the better model was not served within 90 s"
+        time.sleep(1)
+    assert "moved from version 1 to 2" in stack.compose("logs", "model-server").stdout
+
+
 def test_jupyter_requires_its_token(stack):
     url = f"{stack.jupyter_url}/api/contents"
     assert requests.get(url, timeout=10).status_code == 403
@@ -182,7 +249,7 @@ def test_mlflow_refuses_a_foreign_host_header(stack):
 
 
 def test_published_ports_are_loopback_only(stack):
-    for service in ("mlflow", "jupyter"):
+    for service in ("mlflow", "jupyter", "model-server"):
         ports = docker("port", stack.container(service)).stdout.split("\n")
         bound = [line.split(" -> ")[1] for line in ports if " -> " in line]
         assert bound, f"{service} publishes no port"
@@ -191,7 +258,7 @@ def test_published_ports_are_loopback_only(stack):
 
 
 def test_services_run_as_non_root(stack):
-    for service in ("mlflow", "jupyter"):
+    for service in ("mlflow", "jupyter", "model-server"):
         rows = docker("top", stack.container(service), "-o", "pid,uid,args").stdout.splitlines()[1:]
         # Skip the init process (docker-init) that only reaps and forwards signals.
         serving = [row.split(None, 2) for row in rows if "docker-init" not in row]
@@ -224,7 +291,7 @@ def test_files_written_in_the_container_belong_to_the_src_owner(stack, src_owner
 
 
 def test_runs_survive_down_up_and_a_killed_server(stack, notebook_run):
-    client, run = notebook_run
+    client, run, _executed = notebook_run
     before = snapshot(stack, client, run)
     assert len(before["artifacts"]) >= 5
 
@@ -272,7 +339,7 @@ def backup_script(stack: Stack, *args: str, root: Path) -> subprocess.CompletedP
 
 
 def test_backup_restores_everything_into_empty_volumes(stack, notebook_run, tmp_path):
-    client, run = notebook_run
+    client, run, _executed = notebook_run
     before = snapshot(stack, client, run)
     saved = tmp_path / "backup"
     done = backup_script(stack, "backup", str(saved), root=tmp_path)

@@ -101,6 +101,25 @@ def predict_species(model: keras.Model, measurements: np.ndarray) -> np.ndarray:
     return keras.ops.convert_to_numpy(model(np.asarray(measurements, dtype="float32")))
 
 
+def fit(
+    model: keras.Model,
+    data: IrisSplit,
+    config: TrainingConfig,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> dict[str, list[float]]:
+    """Fit on the training rows, validating after every epoch; the per-epoch history."""
+    fitted = model.fit(
+        data.x_train.to_numpy(),
+        data.y_train,
+        validation_data=(data.x_val.to_numpy(), data.y_val),
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        callbacks=list(callbacks),
+        verbose=0,
+    )
+    return {k: [float(v) for v in values] for k, values in fitted.history.items()}
+
+
 def train(
     config: TrainingConfig | None = None,
     *,
@@ -135,16 +154,7 @@ def train(
         )
 
         model = build_model(x_train, config.hidden_units, config.learning_rate, config.seed)
-        fit = model.fit(
-            x_train,
-            data.y_train,
-            validation_data=(x_val, data.y_val),
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            callbacks=callbacks,
-            verbose=0,
-        )
-        history = {k: [float(v) for v in values] for k, values in fit.history.items()}
+        history = fit(model, data, config, callbacks)
 
         test_loss, test_accuracy = model.evaluate(x_test, data.y_test, verbose=0)
         probabilities = predict_species(model, x_test)

@@ -1,0 +1,152 @@
+"""What every benchmark shares: repetitions, statistics, results as JSON, the Markdown report."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+REPORT = ROOT / "docs" / "benchmarks.md"
+
+
+@dataclass
+class Measure:
+    """One benchmark: samples per variant, compared with a baseline variant measured in the same run."""
+
+    name: str
+    title: str
+    unit: str
+    target: str
+    baseline: str | None
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    target_met: bool | None = None
+
+    def add(self, variant: str, value: float) -> None:
+        self.samples.setdefault(variant, []).append(value)
+
+    def median(self, variant: str) -> float:
+        return statistics.median(self.samples[variant])
+
+    def ratio(self, variant: str) -> float | None:
+        if self.baseline is None or variant == self.baseline:
+            return None
+        return self.median(variant) / self.median(self.baseline)
+
+    def summary(self) -> dict[str, dict[str, float | int | None]]:
+        return {
+            v: {
+                "median": statistics.median(s),
+                "min": min(s),
+                "max": max(s),
+                "runs": len(s),
+                "ratio": self.ratio(v),
+            }
+            for v, s in self.samples.items()
+        }
+
+    def save(self) -> Path:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / f"{self.name}.json"
+        path.write_text(
+            json.dumps({**asdict(self), "summary": self.summary(), **context()}, indent=2)
+        )
+        return path
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run(cmd: list[str], timeout: float = 1800, **kwargs) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr[-2000:]}")
+    return done
+
+
+def context() -> dict[str, object]:
+    """When, where and on what code a result was measured."""
+    try:
+        commit = run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT).stdout.strip()
+        dirty = bool(
+            run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT).stdout.strip()
+        )
+    except (RuntimeError, FileNotFoundError):
+        commit, dirty = "unknown", False
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor(),
+    )  # fmt: skip
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit + ("+dirty" if dirty else ""),
+        "machine": f"{os.cpu_count()} cores ({cpu}), {memory_gib:.0f} GiB, {platform.system()} {platform.machine()}",
+    }
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return ""
+    if unit == "MB":
+        return f"{value:,.0f}"
+    if unit == "ms":
+        return f"{value:.2f}"
+    if unit == "req/s":
+        return f"{value:,.0f}"
+    return f"{value:.2f}"
+
+
+def render_report(smoke: bool) -> str:
+    results = sorted(RESULTS.glob("*.json"))
+    loaded = [json.loads(p.read_text()) for p in results]
+    lines = ["# Benchmarks", ""]
+    if loaded:
+        head = loaded[0]
+        lines += [
+            f"Measured {head['date']} on {head['machine']}, at commit `{head['commit']}`"
+            + (" — **smoke run: one iteration each, figures not meaningful**." if smoke else "."),
+            "",
+            "Each figure is the median of the runs shown, with min and max; a ratio compares a "
+            "variant's median with its baseline's, measured side by side in the same run. "
+            "Regenerate with `make bench` (a few minutes per benchmark; see `bench/`). "
+            "Benchmarks never fail CI on a number: CI runs each once, as a smoke run.",
+            "",
+        ]
+    for r in loaded:
+        met = {True: "**met**", False: "**missed**", None: "n/a"}[r["target_met"]]
+        lines += [f"## {r['title']}", "", f"Target: {r['target']} — {met}.", ""]
+        lines += [
+            f"| variant | median ({r['unit']}) | min | max | runs | ratio vs {r['baseline'] or '—'} |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for variant, s in r["summary"].items():
+            ratio = (
+                "baseline"
+                if variant == r["baseline"]
+                else (f"{s['ratio']:.2f}x" if s["ratio"] else "")
+            )
+            lines.append(
+                f"| {variant} | {fmt(s['median'], r['unit'])} | {fmt(s['min'], r['unit'])} | "
+                f"{fmt(s['max'], r['unit'])} | {s['runs']} | {ratio} |"
+            )
+        for key, value in r["extra"].items():
+            lines.append(f"\n- {key}: {value}")
+        for note in r["notes"]:
+            lines.append(f"\n{note}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
