@@ -20,7 +20,7 @@ REPORT = ROOT / "docs" / "benchmarks.md"
 
 @dataclass
 class Measure:
-    """One benchmark: samples per variant, compared with a baseline variant measured in the same run."""
+    """One benchmark: samples per variant, against a baseline variant measured in the same run."""
 
     name: str
     title: str
@@ -71,7 +71,9 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def run(cmd: list[str], timeout: float = 1800, **kwargs) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr[-2000:]}")
     return done
@@ -95,7 +97,8 @@ def context() -> dict[str, object]:
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit + ("+dirty" if dirty else ""),
-        "machine": f"{os.cpu_count()} cores ({cpu}), {memory_gib:.0f} GiB, {platform.system()} {platform.machine()}",
+        "machine": f"{os.cpu_count()} cores ({cpu}), {memory_gib:.0f} GiB, "
+        f"{platform.system()} {platform.machine()}",
     }
 
 
@@ -129,9 +132,9 @@ def render_report(smoke: bool) -> str:
         ]
     for r in loaded:
         met = {True: "**met**", False: "**missed**", None: "n/a"}[r["target_met"]]
-        lines += [f"## {r['title']}", "", f"Target: {r['target']} — {met}.", ""]
+        lines += [f"## {r['title']}", "", f"Target: {r['target']}: {met}.", ""]
         lines += [
-            f"| variant | median ({r['unit']}) | min | max | runs | ratio vs {r['baseline'] or '—'} |",
+            f"| variant | median ({r['unit']}) | min | max | runs | ratio vs {r['baseline']} |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for variant, s in r["summary"].items():

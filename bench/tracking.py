@@ -9,13 +9,13 @@ from pathlib import Path
 
 import keras
 import mlflow
+from tests.servers import mlflow_server
 
 from bench.common import Measure, timed
 from iris_mlflow.data import split
 from iris_mlflow.model import build_model
-from iris_mlflow.tracking import EpochMetricsLogger
+from iris_mlflow.tracking import EpochMetricsLogger, configure
 from iris_mlflow.train import TrainingConfig, fit
-from tests.servers import mlflow_server
 
 NO_TRACKING = "no tracking"
 PROJECT = "project: async log_metrics per epoch"
@@ -68,8 +68,7 @@ def measure(runs: int) -> list[Measure]:
         baseline="plain model.fit (Keras defaults)",
     )
     with tempfile.TemporaryDirectory() as home, mlflow_server(Path(home)) as uri:
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment("bench-tracking")
+        configure(uri, "bench-tracking")  # as train() does
         one_training(config, [], tracked=False)  # warm-up: TensorFlow's first graph builds
         accuracies = []
         for _ in range(runs):

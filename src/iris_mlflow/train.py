@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 import keras
 import mlflow
 import numpy as np
+import tensorflow as tf
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, f1_score
 
@@ -101,19 +102,35 @@ def predict_species(model: keras.Model, measurements: np.ndarray) -> np.ndarray:
     return keras.ops.convert_to_numpy(model(np.asarray(measurements, dtype="float32")))
 
 
+def batches_per_epoch(config: TrainingConfig, data: IrisSplit) -> int:
+    return math.ceil(len(data.y_train) / config.batch_size)
+
+
 def fit(
     model: keras.Model,
     data: IrisSplit,
     config: TrainingConfig,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict[str, list[float]]:
-    """Fit on the training rows, validating after every epoch; the per-epoch history."""
+    """Fit on the training rows, validating after every epoch; the per-epoch history.
+
+    The rows go in as a prefetched tf.data pipeline, reshuffled every epoch. With NumPy
+    arrays Keras rebuilds its input pipeline each epoch, which on 96 rows makes 100 epochs
+    about 4x slower (bench/tracking.py measures both).
+    """
+    train_rows = (
+        tf.data.Dataset.from_tensor_slices((data.x_train.to_numpy(), data.y_train))
+        .shuffle(len(data.y_train), seed=config.seed, reshuffle_each_iteration=True)
+        .batch(config.batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    val_rows = tf.data.Dataset.from_tensor_slices((data.x_val.to_numpy(), data.y_val)).batch(
+        len(data.y_val)
+    )
     fitted = model.fit(
-        data.x_train.to_numpy(),
-        data.y_train,
-        validation_data=(data.x_val.to_numpy(), data.y_val),
+        train_rows,
+        validation_data=val_rows,
         epochs=config.epochs,
-        batch_size=config.batch_size,
         callbacks=list(callbacks),
         verbose=0,
     )
@@ -153,7 +170,13 @@ def train(
             {"dataset": "iris (scikit-learn)", "framework": f"keras {keras.__version__}"}
         )
 
-        model = build_model(x_train, config.hidden_units, config.learning_rate, config.seed)
+        model = build_model(
+            x_train,
+            config.hidden_units,
+            config.learning_rate,
+            config.seed,
+            steps_per_execution=batches_per_epoch(config, data),
+        )
         history = fit(model, data, config, callbacks)
 
         test_loss, test_accuracy = model.evaluate(x_test, data.y_test, verbose=0)
