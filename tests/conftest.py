@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,45 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real tracking server: SQLite store and served artifacts in a temp folder."""
     with servers.mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
         yield uri
+
+
+SRC = ROOT / "src"
+#: The UID a host user other than the image's default 1000 would have.
+HOST_UID = 4242
+
+
+@pytest.fixture(scope="session")
+def src_owner():
+    """The UID/GID that own ./src during the tests, as on a user's machine.
+
+    A user's checkout belongs to that user; CI's belongs to root. Run as root, the fixture
+    lends ./src to HOST_UID for the duration (and gives it back), so the test sees what a
+    non-root host user whose UID is not the image's 1000 would see.
+    """
+    stat = SRC.stat()
+    if stat.st_uid != 0:
+        yield stat.st_uid, stat.st_gid
+        return
+    subprocess.run(["chown", "-R", f"{HOST_UID}:{HOST_UID}", str(SRC)], check=True)
+    try:
+        yield HOST_UID, HOST_UID
+    finally:
+        subprocess.run(["chown", "-R", f"{stat.st_uid}:{stat.st_gid}", str(SRC)], check=True)
+
+
+@pytest.fixture(scope="session")
+def stack(request):
+    request.getfixturevalue("src_owner")  # ./src gets its owner before the container starts
+    from tests.stack import Stack, remove_leftover_projects
+
+    remove_leftover_projects()
+    stack = Stack()
+    try:
+        stack.compose("build", timeout=3000)
+        stack.up()
+        yield stack
+    finally:
+        stack.down(volumes=True)
 
 
 @pytest.fixture

@@ -77,6 +77,8 @@ class Stack:
     model_server_port: int = field(default_factory=free_port)
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: Compose files layered over docker-compose.yml (benchmarks compare settings this way).
+    overrides: tuple[str, ...] = ()
 
     @property
     def env(self) -> dict[str, str]:
@@ -108,8 +110,9 @@ class Stack:
     def compose(
         self, *args: str, timeout: float = 600, check: bool = True
     ) -> subprocess.CompletedProcess:
+        files = [arg for f in ("docker-compose.yml", *self.overrides) for arg in ("-f", f)]
         done = subprocess.run(
-            [*compose_command(), *args],
+            [*compose_command(), *files, *args],
             capture_output=True,
             text=True,
             cwd=ROOT,
