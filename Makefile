@@ -5,6 +5,7 @@ COMPOSE ?= docker compose
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help venv requirements lint format test test-fast up down logs base-image bench clean
@@ -37,7 +38,7 @@ test: venv ## Run every test (Docker and browser tests need a Docker engine)
 test-fast: venv ## Tests that need no Docker engine or browser
 	$(PY) -m pytest -m "not docker and not browser" $(PYTEST_ARGS)
 
-up: ## Build and start the stack (Jupyter :8888, MLflow :5000)
+up: ## Build and start the stack (Jupyter :8888, MLflow :5000, model server :5001)
 	$(COMPOSE) up --build -d
 
 down: ## Stop the stack; the volumes (runs, models) are kept
@@ -49,8 +50,8 @@ logs: ## Follow the stack's logs (the Jupyter token is printed here)
 base-image: ## Build a stand-in python:3.11 base image from Debian (no registry needed)
 	scripts/build-base-image.sh
 
-bench: venv ## Run the benchmarks and write docs/benchmarks.md
-	$(PY) -m bench
+bench: venv ## Run the benchmarks (5 runs each; BENCH_ARGS=--smoke for one) and write docs/benchmarks.md
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean: ## Remove caches and local run stores (not the Docker volumes)
 	rm -rf .pytest_cache .ruff_cache mlflow.db mlruns src/mlflow.db

@@ -93,11 +93,7 @@ def measure(runs: int) -> list[Measure]:
                     raise RuntimeError(done.stderr[-3000:])
 
             def run_cli():
-                done = ours.exec(
-                    "jupyter", "iris-train", "--quiet", "--experiment", "bench-cli", user="jovyan"
-                )
-                if done.returncode != 0:
-                    raise RuntimeError(done.stderr[-3000:])
+                ours.train("bench-cli")
 
             run_notebook()  # warm-up: the first champion, the model server's first load
             for _ in range(runs):

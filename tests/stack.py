@@ -169,3 +169,12 @@ class Stack:
             timeout=timeout,
             check=False,
         )
+
+    def train(self, experiment: str, *args: str) -> subprocess.CompletedProcess:
+        """`iris-train` in the jupyter container, as the notebook user; it must succeed."""
+        done = self.exec(
+            "jupyter", "iris-train", "--quiet", "--experiment", experiment, *args, user="jovyan"
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"iris-train exited {done.returncode}: {done.stderr[-2000:]}")
+        return done

@@ -163,17 +163,7 @@ def test_model_server_serves_the_champion_then_a_better_one(stack):
         served = endpoint.predict(stack.model_server_url, rows)
         pd.testing.assert_frame_equal(served, first, rtol=1e-5)
 
-        done = stack.exec(
-            "jupyter",
-            "iris-train",
-            "--epochs",
-            "100",
-            "--experiment",
-            "better",
-            "--quiet",
-            user="jovyan",
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
+        done = stack.train("better", "--epochs", "100")
         assert "@champion" in done.stdout, done.stdout
         second = champion_answers()
         assert not np.allclose(
@@ -267,17 +257,7 @@ def test_runs_survive_down_up_and_a_killed_server(stack, notebook_run):
     stack.up()
     assert snapshot(stack, client, run) == before
     # And the restarted server still takes new runs.
-    done = stack.exec(
-        "jupyter",
-        "iris-train",
-        "--epochs",
-        "2",
-        "--experiment",
-        "after-kill",
-        "--quiet",
-        user="jovyan",
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    stack.train("after-kill", "--epochs", "2")
     assert only_run(client, "after-kill").info.status == "FINISHED"
 
 
