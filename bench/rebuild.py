@@ -1,9 +1,12 @@
 """Rebuild after `poetry add` of a small pure-Python package: time from the lock change to
-rebuilt images with a warm build cache, against a cold build (no layer cache, no pip cache).
+rebuilt images with a warm build cache, against a cold build.
 
-Works on a copy of the repository with its own image tag, so the real lock, requirements
-and images are never touched. The cold build empties BuildKit's cache mounts (pip's wheel
-cache, for every project on this engine; layer caches are kept).
+Works on a copy of the repository with its own image tag, so the real lock, requirements and
+images are never touched. Cold means Docker's whole build cache emptied first
+(`docker builder prune -af`: layers and pip's cache mount, for every project on this engine)
+and a plain build; `--no-cache` is not cold enough to compare with, as it also swaps pip's
+cache mount for an empty throwaway one (moby/buildkit#4250). Then each warm run adds another
+package, so no run can reuse the layers of the one before.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from pathlib import Path
 
 from bench.common import ROOT, Measure, run
 
-PACKAGE = "humanize"
+#: Small pure-Python packages that nothing in the lock depends on; one per warm run.
+PACKAGES = ("humanize", "tabulate", "toolz", "inflection", "pytimeparse")
 TAG = "bench-rebuild"
 WARM = "warm: poetry add, export, build"
-COLD = "cold build: no layer or pip cache"
+COLD = "cold build: empty build cache"
 
 
 def copy_repository(target: Path) -> None:
@@ -39,7 +43,7 @@ def timed_run(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, st
 def measure(runs: int) -> list[Measure]:
     rebuild = Measure(
         name="rebuild_after_poetry_add",
-        title=f"Rebuild after `poetry add {PACKAGE}` (a small pure-Python package)",
+        title="Rebuild after `poetry add` of a small pure-Python package",
         unit="s",
         target="warm rebuild at most 60 s, with no re-download of TensorFlow",
         baseline=COLD,
@@ -56,17 +60,11 @@ def measure(runs: int) -> list[Measure]:
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp)
         copy_repository(repo)
-        pristine = {f: (repo / f).read_bytes() for f in (
-            "pyproject.toml", "poetry.lock", "jupyter-notebook-docker/requirements.txt",
-            "mlflow-docker/requirements.txt",
-        )}  # fmt: skip
-        for _ in range(runs):
-            for name, data in pristine.items():
-                (repo / name).write_bytes(data)
-            run(["docker", "builder", "prune", "-f", "--filter", "type=exec.cachemount"])
-            rebuild.add(COLD, timed_run([*compose, "build", "--no-cache"], repo, env)[0])
-
-            add_seconds, _ = timed_run([poetry, "add", PACKAGE], repo, env)
+        # One cold build: each downloads about 1 GB, and the warm runs are what is judged.
+        run(["docker", "builder", "prune", "-af"])
+        rebuild.add(COLD, timed_run([*compose, "build"], repo, env)[0])
+        for package in PACKAGES[: max(1, runs)]:
+            add_seconds, _ = timed_run([poetry, "add", package], repo, env)
             export_seconds, _ = timed_run(["make", "requirements"], repo, env)
             build_seconds, log = timed_run([*compose, "build"], repo, env)
             rebuild.add("(of which poetry add: resolve and lock)", add_seconds)
@@ -83,6 +81,10 @@ def measure(runs: int) -> list[Measure]:
     )
     rebuild.extra["warm rebuilds that downloaded TensorFlow again"] = (
         f"{sum(redownloads)} of {len(redownloads)}"
+    )
+    rebuild.notes.append(
+        "One cold build (it downloads about 1 GB); each warm run adds another package "
+        f"({', '.join(PACKAGES)}), so none can reuse the layers of the one before."
     )
     rebuild.target_met = rebuild.median(WARM) <= 60 and not any(redownloads)
     return [rebuild]

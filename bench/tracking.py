@@ -18,7 +18,7 @@ from iris_mlflow.tracking import EpochMetricsLogger, configure
 from iris_mlflow.train import TrainingConfig, fit
 
 NO_TRACKING = "no tracking"
-PROJECT = "project: async log_metrics per epoch"
+PROJECT = "project: buffered, async log_batch"
 NAIVE = "naive: sync log_metric per metric"
 
 

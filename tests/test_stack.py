@@ -221,6 +221,17 @@ def test_services_run_as_non_root(stack):
             assert uid != "0", f"{service} runs {args!r} as root"
 
 
+def test_nothing_phones_home(stack):
+    for service in ("mlflow", "jupyter", "model-server"):
+        env = docker("inspect", "-f", "{{json .Config.Env}}", stack.container(service)).stdout
+        assert "MLFLOW_DISABLE_TELEMETRY=true" in env, service
+    news = stack.exec("jupyter", "cat", "/opt/venv/share/jupyter/lab/settings/overrides.json")
+    assert (
+        json.loads(news.stdout)["@jupyterlab/apputils-extension:notification"]["fetchNews"]
+        == "false"
+    )
+
+
 def test_files_written_in_the_container_belong_to_the_src_owner(stack, src_owner):
     uid, gid = src_owner
     name = f"written-by-container-{os.getpid()}.txt"

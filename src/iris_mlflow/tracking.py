@@ -8,12 +8,14 @@ store in the working folder, so the code runs with no server.
 from __future__ import annotations
 
 import os
+import time
 import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
 import keras
 import mlflow
+from mlflow.entities import Metric
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "iris-classifier"
@@ -84,18 +86,44 @@ def run_url(experiment_id: str, run_id: str) -> str | None:
 class EpochMetricsLogger(keras.callbacks.Callback):
     """Log every epoch's metrics to the active run without holding training up.
 
-    One asynchronous ``log_metrics`` call per epoch: MLflow queues it and a background thread
-    sends the queue in batches (see :func:`configure`), where the naive one blocking request
-    per metric per epoch makes training 3.7x slower (docs/benchmarks.md).
-    (``mlflow.keras.MlflowCallback`` does the same per epoch but also logs a step-0
-    ``validation_*`` point after every validation pass, which only adds noise here.)
+    Epochs are buffered and handed to MLflow's asynchronous logger as one ``log_batch`` at
+    most every ``interval`` seconds and when training ends: the UI's curves still grow during
+    a long training, and a short one pays for two or three calls instead of one per epoch
+    (each ``mlflow.log_metrics`` call costs milliseconds of bookkeeping on this thread even
+    when asynchronous), let alone the naive one blocking request per metric per epoch (3x
+    slower, docs/benchmarks.md). :func:`iris_mlflow.train.train` flushes before the run ends.
+    (``mlflow.keras.MlflowCallback`` logs every epoch too, but also a step-0 ``validation_*``
+    point after each validation pass, which only adds noise here.)
     """
 
+    def __init__(self, interval: float = 1.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self._pending: list[Metric] = []
+        self._last_sent = 0.0
+
+    def on_train_begin(self, logs: dict | None = None) -> None:  # noqa: ARG002 (Keras API)
+        self._run_id = mlflow.active_run().info.run_id
+        self._client = mlflow.MlflowClient()
+        self._last_sent = time.monotonic()
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if logs:
-            mlflow.log_metrics(
-                {k: float(v) for k, v in logs.items()}, step=epoch, synchronous=False
-            )
+        now_ms = int(time.time() * 1000)
+        self._pending.extend(
+            Metric(key, float(value), now_ms, epoch) for key, value in (logs or {}).items()
+        )
+        if time.monotonic() - self._last_sent >= self.interval:
+            self._send()
+
+    def on_train_end(self, logs: dict | None = None) -> None:  # noqa: ARG002 (Keras API)
+        self._send()
+
+    def _send(self) -> None:
+        for start in range(0, len(self._pending), 1000):  # MLflow's limit per batch
+            batch = self._pending[start : start + 1000]
+            self._client.log_batch(self._run_id, metrics=batch, synchronous=False)
+        self._pending = []
+        self._last_sent = time.monotonic()
 
 
 class ProgressPrinter(keras.callbacks.Callback):
