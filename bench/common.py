@@ -121,7 +121,7 @@ def render_report(smoke: bool) -> str:
     if loaded:
         head = loaded[0]
         lines += [
-            f"Measured {head['date']} on {head['machine']}, at commit `{head['commit']}`"
+            f"Measured on {head['machine']}; each section gives its date and commit"
             + (" — **smoke run: one iteration each, figures not meaningful**." if smoke else "."),
             "",
             "Each figure is the median of the runs shown, with min and max; a ratio compares a "
@@ -133,16 +133,15 @@ def render_report(smoke: bool) -> str:
     for r in loaded:
         met = {True: "**met**", False: "**missed**", None: "n/a"}[r["target_met"]]
         lines += [f"## {r['title']}", "", f"Target: {r['target']}: {met}.", ""]
+        lines += [f"Measured {r['date']} at commit `{r['commit']}`.", ""]
+        against = f"ratio vs {r['baseline']}" if r["baseline"] else "ratio"
         lines += [
-            f"| variant | median ({r['unit']}) | min | max | runs | ratio vs {r['baseline']} |",
+            f"| variant | median ({r['unit']}) | min | max | runs | {against} |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for variant, s in r["summary"].items():
-            ratio = (
-                "baseline"
-                if variant == r["baseline"]
-                else (f"{s['ratio']:.2f}x" if s["ratio"] else "")
-            )
+            ratio = f"{s['ratio']:.2f}x" if s["ratio"] and not variant.startswith("(") else ""
+            ratio = "baseline" if variant == r["baseline"] else ratio
             lines.append(
                 f"| {variant} | {fmt(s['median'], r['unit'])} | {fmt(s['min'], r['unit'])} | "
                 f"{fmt(s['max'], r['unit'])} | {s['runs']} | {ratio} |"

@@ -70,6 +70,7 @@ def measure(runs: int) -> list[Measure]:  # noqa: ARG001 (sizes need one build)
     mlflow.add(mlflow.baseline, build_plain("iris-bench/plain-mlflow", [f"mlflow=={version}"]))
 
     for m in (jupyter, mlflow):
+        m.notes.append("Sizes are deterministic: one build of each is the measure.")
         m.extra["base image"] = f"`{BASE}`, {base:,.0f} MB"
         m.extra["above the base"] = ", ".join(
             f"{variant}: {values[0] - base:,.0f} MB" for variant, values in m.samples.items()

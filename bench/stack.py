@@ -104,6 +104,7 @@ def measure(runs: int) -> list[Measure]:
         finally:
             ours.down(volumes=True)
             theirs.down(volumes=True)
+    memory.notes.append("One reading per service, from `docker stats`, after the runs above.")
     cold.notes.append(
         "Both variants start fresh containers on existing volumes; readiness is the first 200 "
         "from MLflow's `/health` and Jupyter's `/api` (Docker's health status follows within "
