@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# Make sure a Docker engine and Compose are available: install them from Debian's
-# packages when missing, start dockerd when it is not running, wait until it answers.
-# For CI and fresh build machines; on a desktop with Docker already running it does nothing.
+# Make sure a Docker engine, Compose and debootstrap (for scripts/build-base-image.sh) are
+# available: install what is missing from Debian's packages, start dockerd when it is not
+# running, wait until it answers. For CI and fresh build machines; on a desktop with Docker
+# running and nothing missing it does nothing.
 set -euo pipefail
 
+missing=()
+command -v dockerd >/dev/null || missing+=(docker.io)
+command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing from Debian's packages: ${missing[*]} ..."
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+
 if ! docker info >/dev/null 2>&1; then
-    if ! command -v dockerd >/dev/null; then
-        echo "installing the Docker engine and Compose from Debian's packages ..."
-        apt-get update -q >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io docker-compose debootstrap >/dev/null
-    fi
     echo "starting dockerd ..."
     nohup dockerd >/var/log/dockerd.log 2>&1 &
     for _ in $(seq 60); do
@@ -17,9 +23,5 @@ if ! docker info >/dev/null 2>&1; then
         sleep 1
     done
     docker info >/dev/null 2>&1 || { echo "error: dockerd did not start; see /var/log/dockerd.log" >&2; exit 1; }
-fi
-if ! command -v docker-compose >/dev/null && ! docker compose version >/dev/null 2>&1; then
-    apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null
 fi
 echo "docker engine $(docker version -f '{{.Server.Version}}')"
