@@ -56,9 +56,10 @@ def register(model_uri: str, test_accuracy: float, name: str = REGISTERED_MODEL)
     wins = previous_accuracy is None or test_accuracy >= previous_accuracy
     alias = CHAMPION if wins else CHALLENGER
     tags = {
-        "test_accuracy": f"{test_accuracy:.6f}",
+        # Exact value: a rounded tag would make a tie with this model compare as a loss.
+        "test_accuracy": repr(float(test_accuracy)),
         "compared_with_version": current.version if current else "none",
-        "compared_with_accuracy": f"{previous_accuracy:.6f}" if current else "none",
+        "compared_with_accuracy": repr(previous_accuracy) if current else "none",
         "decision": (
             "first champion"
             if current is None
