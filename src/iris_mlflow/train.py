@@ -131,6 +131,7 @@ def fit(
         train_rows,
         validation_data=val_rows,
         epochs=config.epochs,
+        shuffle=False,  # the pipeline reshuffles every epoch itself
         callbacks=list(callbacks),
         verbose=0,
     )
