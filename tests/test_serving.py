@@ -19,7 +19,7 @@ import requests
 from iris_mlflow import endpoint
 from iris_mlflow.classifier import MAX_ROWS, PROBABILITY_COLUMNS
 from iris_mlflow.data import FEATURES, SPECIES
-from iris_mlflow.registry import CHALLENGER, CHAMPION, register
+from iris_mlflow.registry import CHALLENGER, CHAMPION, champion_version, register
 from iris_mlflow.train import TrainingConfig, predict_species, train
 from tests.servers import free_port
 
@@ -56,6 +56,9 @@ def test_alias_moves_only_on_equal_or_better_accuracy(weak_model, client):
     assert worse.alias == CHALLENGER
     assert client.get_model_version_by_alias(name, CHAMPION).version == first.version
     assert client.get_model_version_by_alias(name, CHALLENGER).version == worse.version
+    # What iris-serve resolves, for either alias (`--alias challenger` serves the challenger).
+    assert champion_version(client, name, CHALLENGER).version == worse.version
+    assert champion_version(client, name).version == first.version
     tags = client.get_model_version(name, worse.version).tags
     assert tags["compared_with_version"] == first.version
     assert tags["decision"] == "challenger: 0.8000 < 0.9000"

@@ -28,10 +28,10 @@ class Registration:
     previous_accuracy: float | None
 
 
-def champion_version(client: MlflowClient, name: str = REGISTERED_MODEL):
-    """The version holding the champion alias, or None when there is none yet."""
+def champion_version(client: MlflowClient, name: str = REGISTERED_MODEL, alias: str = CHAMPION):
+    """The version holding the alias (the champion by default), or None when none does yet."""
     try:
-        return client.get_model_version_by_alias(name, CHAMPION)
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException as error:
         if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None

@@ -76,14 +76,14 @@ class Supervisor:
         failures = 0
         while not self.stopping:
             try:
-                current = champion_version(client, self.name)
+                holder = champion_version(client, self.name, self.alias)
+                target = str(holder.version) if holder else None
             except Exception as error:
                 log.warning(
                     "cannot ask the registry (%s); keeping what is served",
                     str(error).splitlines()[0],
                 )
-                current = None if self.version is None else self.version
-            target = getattr(current, "version", current)
+                target = self.version
             if target is None:
                 if time.monotonic() - last_wait_note > 60:
                     log.info(
@@ -97,7 +97,7 @@ class Supervisor:
                 if self.version is not None:
                     log.info("@%s moved from version %s to %s", self.alias, self.version, target)
                 self.stop()
-                self.start(str(target))
+                self.start(target)
                 failures = 0
             elif self.child is not None and self.child.poll() is not None:
                 failures += 1

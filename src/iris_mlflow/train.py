@@ -157,7 +157,6 @@ def train(
     experiment_id = tracking.configure(tracking_uri, experiment_name)
     data = split(config.test_size, config.val_size, config.seed)
     x_train = data.x_train.to_numpy()
-    x_val = data.x_val.to_numpy()
     x_test = data.x_test.to_numpy()
 
     callbacks: list[keras.callbacks.Callback] = [tracking.EpochMetricsLogger()]
@@ -166,7 +165,9 @@ def train(
 
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params(asdict(config))
-        mlflow.log_params({"n_train": len(x_train), "n_val": len(x_val), "n_test": len(x_test)})
+        mlflow.log_params(
+            {"n_train": len(x_train), "n_val": len(data.y_val), "n_test": len(x_test)}
+        )
         mlflow.set_tags(
             {"dataset": "iris (scikit-learn)", "framework": f"keras {keras.__version__}"}
         )
