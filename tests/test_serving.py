@@ -105,10 +105,20 @@ def model_server(tracked, tmp_path_factory):
 @pytest.mark.slow
 def test_server_waits_for_a_champion_then_serves_it(model_server, weak_model):
     name, url, proc = model_server
-    time.sleep(3)
-    assert proc.poll() is None, "the supervisor must wait, not exit, while there is no champion"
-    with pytest.raises(requests.ConnectionError):
-        requests.get(f"{url}/ping", timeout=2)
+    deadline = time.monotonic() + 60
+    while True:  # until the gateway listens (importing MLflow takes a few seconds)
+        assert proc.poll() is None, "iris-serve must wait, not exit, while there is no champion"
+        try:
+            requests.get(f"{url}/ping", timeout=5)
+            break
+        except requests.ConnectionError:
+            assert time.monotonic() < deadline, "iris-serve did not listen within 60 s"
+            time.sleep(0.5)
+    time.sleep(2)  # a few polls of the registry, with no champion to find
+    assert proc.poll() is None
+    for answer in (requests.get(f"{url}/ping", timeout=5), post(url, records(GOOD_ROW))):
+        assert answer.status_code == 503
+        assert f"no version of {name} has the alias @champion yet" in answer.json()["message"]
 
     register(weak_model.model_uri, weak_model.test_accuracy, name)
     endpoint.wait_until_serving(url, timeout=120)
@@ -132,10 +142,35 @@ def records(*rows: dict) -> str:
     return json.dumps({"dataframe_records": list(rows)})
 
 
+def split(columns: list[str], *rows: list) -> str:
+    return json.dumps({"dataframe_split": {"columns": columns, "data": list(rows)}})
+
+
 BAD_REQUESTS = {
     "missing column": (
         records({k: v for k, v in GOOD_ROW.items() if k != "petal_width"}),
-        "petal_width",
+        "missing column(s): petal_width",
+    ),
+    # MLflow's schema enforcement alone would drop these and answer 200 without them.
+    "extra column (records)": (
+        records({**GOOD_ROW, "colour": 3.0}),
+        "unknown column(s): colour",
+    ),
+    "extra column in one record": (
+        records(GOOD_ROW, {**GOOD_ROW, "stem_length": 9.0}),
+        "unknown column(s): stem_length",
+    ),
+    "extra column (split)": (
+        split([*FEATURES, "colour"], [*GOOD_ROW.values(), 3.0]),
+        "unknown column(s): colour",
+    ),
+    "extra column (inputs as columns)": (
+        json.dumps({"inputs": {**{k: [v] for k, v in GOOD_ROW.items()}, "colour": [3.0]}}),
+        "unknown column(s): colour",
+    ),
+    "repeated column": (
+        split([*FEATURES, "sepal_length"], [*GOOD_ROW.values(), 5.1]),
+        "repeated column(s): sepal_length",
     ),
     "string for a number": (records({**GOOD_ROW, "sepal_width": "wide"}), "sepal_width"),
     "null (NaN)": (records({**GOOD_ROW, "petal_length": None}), "petal_length is missing/NaN"),
@@ -167,7 +202,36 @@ def test_bad_input_gets_a_400_naming_the_problem_and_serving_goes_on(model_serve
 def test_unsupported_content_type_is_refused(model_server):
     _name, url, _proc = model_server
     endpoint.wait_until_serving(url, timeout=120)
-    assert post(url, "a,b", content_type="text/plain").status_code == 415
+    for content_type in ("text/plain", "application/x-parquet", ""):
+        answer = post(url, "a,b", content_type=content_type)
+        assert answer.status_code == 415
+        assert "send application/json or text/csv" in answer.json()["message"]
+
+
+@pytest.mark.slow
+def test_csv_is_answered_and_its_columns_checked(model_server):
+    _name, url, _proc = model_server
+    endpoint.wait_until_serving(url, timeout=120)
+    header = ",".join(FEATURES)
+    values = ",".join(str(v) for v in GOOD_ROW.values())
+    good = post(url, f"{header}\n{values}\n", content_type="text/csv")
+    assert good.status_code == 200
+    assert good.json()["predictions"][0]["species"] == "setosa"
+    extra = post(url, f"{header},colour\n{values},3.0\n", content_type="text/csv")
+    assert extra.status_code == 400
+    assert "unknown column(s): colour" in extra.json()["message"]
+
+
+@pytest.mark.slow
+def test_an_oversized_body_gets_a_413_and_serving_goes_on(model_server):
+    from iris_mlflow.gateway import MAX_BODY_BYTES
+
+    _name, url, _proc = model_server
+    endpoint.wait_until_serving(url, timeout=120)
+    answer = post(url, b" " * (MAX_BODY_BYTES + 1))
+    assert answer.status_code == 413
+    assert "MiB" in answer.json()["message"]
+    assert post(url, records(GOOD_ROW)).status_code == 200
 
 
 @pytest.mark.slow
@@ -178,17 +242,46 @@ def test_a_better_model_is_served_without_a_manual_step(model_server, weak_model
     assert better.registration.alias == CHAMPION
     rows = better.data.x_test
     expected = predict_species(better.model, rows.to_numpy())
+    # Ask continuously through the swap: every request must be answered, by the old champion
+    # until the new one is loaded, then by the new one.
     deadline = time.monotonic() + 90
+    answered = 0
     while True:
-        try:
-            served = endpoint.predict(url, rows)[list(PROBABILITY_COLUMNS)].to_numpy()
-            if np.allclose(served, expected, rtol=1e-5, atol=1e-6):
-                break
-        except (requests.ConnectionError, endpoint.ModelServerError):
-            pass  # the scoring server restarts on the new version
+        served = endpoint.predict(url, rows)[list(PROBABILITY_COLUMNS)].to_numpy()
+        answered += 1
+        if np.allclose(served, expected, rtol=1e-5, atol=1e-6):
+            break
         assert time.monotonic() < deadline, "the new champion was not served within 90 s"
-        time.sleep(1)
+        time.sleep(0.05)
+    assert answered > 1, "the swap should take a moment, served by the old champion"
     assert not np.allclose(expected, predict_species(weak_model.model, rows.to_numpy()), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "columns"),
+    [
+        (records(GOOD_ROW), "application/json", list(FEATURES)),
+        (
+            records(GOOD_ROW, {"colour": 1}),
+            "application/json; charset=utf-8",
+            [*FEATURES, "colour"],
+        ),
+        (split(["a", "b"], [1, 2]), "application/json", ["a", "b"]),
+        (json.dumps({"instances": [GOOD_ROW]}), "application/json", list(FEATURES)),
+        (json.dumps({"inputs": {"x": [1]}}), "application/json", ["x"]),
+        # Nothing named: the scoring server judges these and answers for itself.
+        (json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}), "application/json", None),
+        (json.dumps({"dataframe_records": []}), "application/json", None),
+        (json.dumps([GOOD_ROW]), "application/json", None),
+        ("{not json", "application/json", None),
+        ("a, b ,c\n1,2,3", "text/csv", ["a", "b", "c"]),
+        ("a,b", "text/plain", None),
+    ],
+)
+def test_gateway_reads_the_column_names_a_request_carries(body, content_type, columns):
+    from iris_mlflow.gateway import request_columns
+
+    assert request_columns(body.encode(), content_type) == columns
 
 
 def test_measurements_are_validated_in_process():
@@ -201,8 +294,10 @@ def test_measurements_are_validated_in_process():
         validate_measurements(good[list(reversed(FEATURES))]).tolist()
         == validate_measurements(good).tolist()
     )
-    with pytest.raises(InvalidMeasurementsError, match="unknown column"):
+    with pytest.raises(InvalidMeasurementsError, match=r"unknown column\(s\): colour"):
         validate_measurements(good.assign(colour=1.0))
+    with pytest.raises(InvalidMeasurementsError, match=r"missing column\(s\): petal_width"):
+        validate_measurements(good.drop(columns="petal_width"))
     with pytest.raises(InvalidMeasurementsError, match="must hold numbers"):
         validate_measurements(good.assign(sepal_length=True))
     with pytest.raises(InvalidMeasurementsError, match="shape"):

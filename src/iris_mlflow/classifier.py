@@ -8,6 +8,7 @@ request gets a 400 that names the problem rather than a silent wrong answer.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import mlflow
@@ -42,6 +43,25 @@ class InvalidMeasurementsError(MlflowException):
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
+def check_columns(columns: Iterable) -> None:
+    """Refuse a table whose column names are not exactly the four measurements.
+
+    The model server's gateway calls this on the names a request carries, because MLflow's
+    schema enforcement would drop an unknown column silently before ``predict`` runs.
+    """
+    names = [str(c) for c in columns]
+    missing = [c for c in FEATURES if c not in names]
+    extra = [c for c in names if c not in FEATURES]
+    repeated = sorted({c for c in names if names.count(c) > 1})
+    if missing or extra or repeated:
+        parts = [f"repeated column(s): {', '.join(repeated)}"] if repeated else []
+        if missing:
+            parts.append(f"missing column(s): {', '.join(missing)}")
+        if extra:
+            parts.append(f"unknown column(s): {', '.join(extra)}")
+        raise InvalidMeasurementsError(f"{'; '.join(parts)}; expected {', '.join(FEATURES)}")
+
+
 def validate_measurements(rows: pd.DataFrame | np.ndarray) -> np.ndarray:
     """Check rows of measurements and return them as a float32 matrix in FEATURES order."""
     if isinstance(rows, np.ndarray):
@@ -55,15 +75,7 @@ def validate_measurements(rows: pd.DataFrame | np.ndarray) -> np.ndarray:
         raise InvalidMeasurementsError(
             f"expected a table of measurements, got {type(rows).__name__}"
         )
-    missing = [c for c in FEATURES if c not in rows.columns]
-    extra = [str(c) for c in rows.columns if c not in FEATURES]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing column(s): {', '.join(missing)}")
-        if extra:
-            parts.append(f"unknown column(s): {', '.join(extra)}")
-        raise InvalidMeasurementsError(f"{'; '.join(parts)}; expected {', '.join(FEATURES)}")
+    check_columns(rows.columns)
     if len(rows) == 0:
         raise InvalidMeasurementsError("no rows to predict")
     if len(rows) > MAX_ROWS:

@@ -1,10 +1,13 @@
 """``iris-serve``: keep MLflow's scoring server serving the registry's champion.
 
-The model-server container runs this. It resolves ``models:/iris-classifier@champion``
-every few seconds; while no version has the alias it waits and says so in its log (no crash
-loop); when the alias moves it starts ``mlflow models serve`` on the new version and stops
-the old one. The scoring server itself is MLflow's own, run with ``--env-manager local``:
-the container already has the model's dependencies.
+The model-server container runs this. A supervisor thread resolves
+``models:/iris-classifier@champion`` every few seconds; while no version has the alias the
+server answers 503 and its log says it is waiting (no crash loop). When the alias moves it
+starts ``mlflow models serve`` (MLflow's own scoring server, ``--env-manager local``: the
+container already has the model's dependencies) for the new version on an internal port,
+and once that answers, the gateway (:mod:`iris_mlflow.gateway`, the public port) sends
+requests there and the old scoring server is stopped after finishing its requests. No
+request is refused during the swap.
 """
 
 from __future__ import annotations
@@ -13,105 +16,168 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
+from iris_mlflow.gateway import Gateway
 from iris_mlflow.registry import CHAMPION, REGISTERED_MODEL
 
 log = logging.getLogger("iris-serve")
 
+#: Loading TensorFlow and the model takes ~10 s on two cores; far longer means it is stuck.
+READY_TIMEOUT_SECONDS = 300.0
+
+
+@dataclass
+class ScoringServer:
+    version: str
+    port: int
+    process: subprocess.Popen
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/ping", timeout=2) as answer:  # noqa: S310 (loopback)
+                return answer.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM: uvicorn finishes the requests in flight, then exits."""
+        if self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
 
 class Supervisor:
-    def __init__(self, name: str, alias: str, host: str, port: int, workers: int) -> None:
-        self.name, self.alias = name, alias
-        self.host, self.port, self.workers = host, port, workers
-        self.child: subprocess.Popen | None = None
-        self.version: str | None = None
-        self.stopping = False
+    def __init__(self, name: str, alias: str, workers: int, gateway: Gateway) -> None:
+        self.name, self.alias, self.workers = name, alias, workers
+        self.gateway = gateway
+        self.serving: ScoringServer | None = None
+        self.stopping = threading.Event()
+        self.failures = 0
+        self.retry_at = 0.0
 
-    def scoring_command(self, version: str) -> list[str]:
+    def scoring_command(self, version: str, port: int) -> list[str]:
         return [
             sys.executable, "-m", "mlflow", "models", "serve",
             "--model-uri", f"models:/{self.name}/{version}",
             "--env-manager", "local",
-            "--host", self.host, "--port", str(self.port), "--workers", str(self.workers),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", str(self.workers),
         ]  # fmt: skip
 
-    def start(self, version: str) -> None:
-        log.info(
-            "serving %s version %s (@%s) on port %d", self.name, version, self.alias, self.port
-        )
+    def launch(self, version: str) -> ScoringServer:
+        port = free_port()
         # MLflow starts uvicorn by name: this interpreter's scripts must come first on PATH.
         bin_dir = Path(sys.executable).parent
-        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-        self.child = subprocess.Popen(
-            self.scoring_command(version), env=env, start_new_session=True
+        env = {
+            # Progress bars of the model download would fill the log with carriage returns.
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            **os.environ,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        process = subprocess.Popen(
+            self.scoring_command(version, port), env=env, start_new_session=True
         )
-        self.version = version
+        return ScoringServer(version, port, process)
 
-    def stop(self) -> None:
-        if self.child is None or self.child.poll() is not None:
-            return
-        os.killpg(self.child.pid, signal.SIGTERM)
-        try:
-            self.child.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.child.pid, signal.SIGKILL)
-            self.child.wait()
+    def swap_to(self, version: str) -> None:
+        """Start a scoring server for ``version``; switch to it once it answers."""
+        log.info("loading %s version %s (@%s)", self.name, version, self.alias)
+        candidate = self.launch(version)
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while not candidate.answers():
+            failed = candidate.process.poll() is not None or time.monotonic() > deadline
+            if failed or self.stopping.is_set():
+                candidate.stop()
+                if failed:
+                    self.failures += 1
+                    delay = min(60.0, 2.0**self.failures)
+                    self.retry_at = time.monotonic() + delay
+                    log.error(
+                        "scoring server for version %s did not start (exit code %s); "
+                        "retrying in %.0f s%s",
+                        version,
+                        candidate.process.returncode,
+                        delay,
+                        f", still serving version {self.serving.version}" if self.serving else "",
+                    )
+                return
+            time.sleep(0.5)
+        previous, self.serving = self.serving, candidate
+        self.gateway.upstream = candidate.url
+        self.failures = 0
+        log.info("serving %s version %s (@%s)", self.name, version, self.alias)
+        if previous is not None:
+            previous.stop()
 
-    def handle_signal(self, signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s; stopping", signal.Signals(signum).name)
-        self.stopping = True
+    def target_version(self, client) -> str | None:
+        from iris_mlflow.registry import champion_version  # noqa: PLC0415 (imports mlflow)
 
-    def run(self, poll_seconds: float) -> int:
+        holder = champion_version(client, self.name, self.alias)
+        return str(holder.version) if holder else None
+
+    def run(self, poll_seconds: float) -> None:
         from mlflow import MlflowClient  # noqa: PLC0415 (after logging is set up)
-
-        from iris_mlflow.registry import champion_version  # noqa: PLC0415
 
         client = MlflowClient()
         last_wait_note = 0.0
-        failures = 0
-        while not self.stopping:
+        while not self.stopping.is_set():
+            serving = self.serving
             try:
-                holder = champion_version(client, self.name, self.alias)
-                target = str(holder.version) if holder else None
+                target = self.target_version(client)
             except Exception as error:
                 log.warning(
                     "cannot ask the registry (%s); keeping what is served",
                     str(error).splitlines()[0],
                 )
-                target = self.version
+                target = serving.version if serving else None
             if target is None:
                 if time.monotonic() - last_wait_note > 60:
-                    log.info(
-                        "no version of %s has the alias @%s yet; waiting (train a model in "
-                        "the notebook or with iris-train and this server picks it up)",
-                        self.name,
-                        self.alias,
-                    )
+                    log.info("%s", self.gateway.unavailable_message)
                     last_wait_note = time.monotonic()
-            elif target != self.version:
-                if self.version is not None:
-                    log.info("@%s moved from version %s to %s", self.alias, self.version, target)
-                self.stop()
-                self.start(target)
-                failures = 0
-            elif self.child is not None and self.child.poll() is not None:
-                failures += 1
-                delay = min(60.0, 2.0**failures)
+            elif time.monotonic() < self.retry_at:
+                pass
+            elif serving is None or target != serving.version:
+                if serving is not None:
+                    log.info("@%s moved from version %s to %s", self.alias, serving.version, target)
+                self.swap_to(target)
+            elif serving.process.poll() is not None:
                 log.error(
-                    "scoring server exited with %s; restarting in %.0f s",
-                    self.child.returncode,
-                    delay,
+                    "scoring server for version %s exited with %s; starting another",
+                    serving.version,
+                    serving.process.returncode,
                 )
-                time.sleep(delay)
-                self.start(self.version)
-            time.sleep(poll_seconds)
-        self.stop()
-        return 0
+                self.gateway.upstream = None
+                self.gateway.unavailable_message = "the scoring server is restarting; retry"
+                self.serving = None
+                self.swap_to(target)
+            self.stopping.wait(poll_seconds)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.serving is not None:
+            self.serving.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,10 +196,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    supervisor = Supervisor(args.model_name, args.alias, args.host, args.port, args.workers)
-    signal.signal(signal.SIGTERM, supervisor.handle_signal)
-    signal.signal(signal.SIGINT, supervisor.handle_signal)
-    return supervisor.run(args.poll_seconds)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per forwarded request
+    import uvicorn  # noqa: PLC0415
+
+    gateway = Gateway(
+        unavailable_message=f"no version of {args.model_name} has the alias @{args.alias} yet; "
+        "train a model (the notebook or iris-train) and this server picks it up"
+    )
+    supervisor = Supervisor(args.model_name, args.alias, args.workers, gateway)
+    config = uvicorn.Config(
+        gateway, host=args.host, port=args.port, lifespan="on", access_log=False,
+        log_config=None, timeout_graceful_shutdown=20,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    # uvicorn stops on SIGTERM/SIGINT and then raises the signal again: let that second one
+    # pass, so the scoring servers are stopped below rather than left running.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda *_: None)
+    watcher = threading.Thread(
+        target=supervisor.run, args=(args.poll_seconds,), name="supervisor", daemon=True
+    )
+    watcher.start()
+    try:
+        server.run()
+    finally:
+        log.info("stopping")
+        supervisor.stopping.set()
+        watcher.join(timeout=30)
+        supervisor.stop()
+    return 0 if server.started else 1
 
 
 if __name__ == "__main__":
