@@ -1,11 +1,13 @@
 """The model server against the plain ``mlflow.keras`` flavour of the same model, both served by
 ``mlflow models serve --env-manager local`` with one worker in the model-server container,
 measured side by side from inside that container: single-row latency and throughput at
-concurrency 8."""
+concurrency 8. A third variant sends the same requests straight to the scoring server behind
+the model server's gateway, which shows what the gateway costs."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import mlflow
@@ -17,10 +19,12 @@ from iris_mlflow import endpoint
 from iris_mlflow.train import TrainingConfig, predict_species, train
 
 OURS = "model-server (iris-classifier pyfunc)"
+DIRECT = "the same scoring server, without the gateway"
 PLAIN = "plain mlflow.keras flavour"
 ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 BODIES = {
     OURS: json.dumps({"dataframe_records": [ROW]}),
+    DIRECT: json.dumps({"dataframe_records": [ROW]}),
     PLAIN: json.dumps({"inputs": [list(ROW.values())]}),
 }
 URLS = {OURS: "http://127.0.0.1:5001/invocations", PLAIN: "http://127.0.0.1:5002/invocations"}
@@ -74,6 +78,10 @@ def measure(runs: int) -> list[Measure]:
         mlflow.set_tracking_uri(None)
         endpoint.wait_until_serving(stack.model_server_url, timeout=180)
         container = stack.container("model-server")
+        # The gateway's cost: the same requests straight to the scoring server behind it.
+        logs = stack.compose("logs", "model-server").stdout
+        scoring = re.findall(r"scoring server at (http://127\.0\.0\.1:\d+)", logs)[-1]
+        urls = {**URLS, DIRECT: f"{scoring}/invocations"}
         docker(
             "exec", "-d", container, "python", "-m", "mlflow", "models", "serve",
             "--model-uri", plain.model_uri, "--env-manager", "local",
@@ -85,12 +93,12 @@ def measure(runs: int) -> list[Measure]:
                 raise RuntimeError("the plain keras scoring server did not start")
             time.sleep(1)
         for _ in range(runs):
-            for variant in (OURS, PLAIN):
-                lat = loadgen(container, "latency", URLS[variant], BODIES[variant], "300")
+            for variant in (OURS, DIRECT, PLAIN):
+                lat = loadgen(container, "latency", urls[variant], BODIES[variant], "300")
                 p50.add(variant, lat["p50_ms"])
                 p99.add(variant, lat["p99_ms"])
                 tp = loadgen(
-                    container, "throughput", URLS[variant], BODIES[variant], str(seconds), "8"
+                    container, "throughput", urls[variant], BODIES[variant], str(seconds), "8"
                 )
                 rps.add(variant, tp["rps"])
     finally:
@@ -100,7 +108,7 @@ def measure(runs: int) -> list[Measure]:
     rps.notes.append(
         f"Each run: 300 sequential requests for latency, then {seconds} s with 8 threads on "
         "keep-alive connections; the load generator (bench/loadgen.py) runs inside the "
-        "model-server container, so both servers share the same 2 cores with it."
+        "model-server container, so every server shares the same 2 cores with it."
     )
     return [p50, p99, rps]
 

@@ -121,7 +121,10 @@ class Supervisor:
         previous, self.serving = self.serving, candidate
         self.gateway.upstream = candidate.url
         self.failures = 0
-        log.info("serving %s version %s (@%s)", self.name, version, self.alias)
+        log.info(
+            "serving %s version %s (@%s), scoring server at %s",
+            self.name, version, self.alias, candidate.url,
+        )  # fmt: skip
         if previous is not None:
             previous.stop()
 
