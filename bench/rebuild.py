@@ -3,15 +3,17 @@ rebuilt images with a warm build cache, against a cold build.
 
 Works on a copy of the repository with its own image tag, so the real lock, requirements and
 images are never touched. Cold means Docker's whole build cache emptied first
-(`docker builder prune -af`: layers and pip's cache mount, for every project on this engine)
+(`docker builder prune -af`: layers and the wheel store's cache mount, for every project on
+this engine)
 and a plain build; `--no-cache` is not cold enough to compare with, as it also swaps pip's
-cache mount for an empty throwaway one (moby/buildkit#4250). Then each warm run adds another
+cache mounts for empty throwaway ones (moby/buildkit#4250). Then each warm run adds another
 package, so no run can reuse the layers of the one before.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -25,6 +27,7 @@ PACKAGES = ("humanize", "tabulate", "toolz", "inflection", "pytimeparse")
 TAG = "bench-rebuild"
 WARM = "warm: poetry add, export, build"
 COLD = "cold build: empty build cache"
+STORE_REPORT = re.compile(r"install-requirements: (\d+ of \d+) in the store")
 
 
 def copy_repository(target: Path) -> None:
@@ -57,6 +60,7 @@ def measure(runs: int) -> list[Measure]:
         ["docker", "compose", "version"], capture_output=True, check=False
     ).returncode == 0 else ["docker-compose"]  # fmt: skip
     redownloads = []
+    from_store = ""
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp)
         copy_repository(repo)
@@ -70,6 +74,8 @@ def measure(runs: int) -> list[Measure]:
             rebuild.add("(of which poetry add: resolve and lock)", add_seconds)
             rebuild.add(WARM, add_seconds + export_seconds + build_seconds)
             redownloads.append("Downloading tensorflow" in log)
+            # scripts/install-requirements.py says how much it found in the wheel store.
+            from_store = ", ".join(STORE_REPORT.findall(log))
     run(
         [
             "docker",
@@ -81,6 +87,9 @@ def measure(runs: int) -> list[Measure]:
     )
     rebuild.extra["warm rebuilds that downloaded TensorFlow again"] = (
         f"{sum(redownloads)} of {len(redownloads)}"
+    )
+    rebuild.extra["requirements already in the wheel store, last warm rebuild"] = (
+        from_store or "(not reported)"
     )
     rebuild.notes.append(
         "One cold build (it downloads about 1 GB); each warm run adds another package "
