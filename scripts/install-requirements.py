@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Install hash-pinned requirements, downloading only the files a local wheel store lacks.
 
-usage: install-requirements.py REQUIREMENTS STORE
+usage: install-requirements.py REQUIREMENTS STORE [--skip PACKAGE ...]
+
+--skip leaves out packages that the lock lists but the image never imports (dependencies of
+features it does not use); its own import check is what shows they are not needed.
 
 The Dockerfiles run this with STORE on a BuildKit cache mount, so a rebuild after
 `poetry add` downloads the new package and not TensorFlow again. pip's own HTTP cache does
@@ -13,8 +16,10 @@ requirement, so the store can never change what is installed.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -61,30 +66,47 @@ def stored_digests(store: Path) -> set[str]:
     return {digest for _size, digest in fresh.values()}
 
 
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def pip(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "pip", *args, "--no-cache-dir"], check=True)
 
 
-def main(requirements: str, store_dir: str) -> None:
+def say(message: str) -> None:
+    print(f"install-requirements: {message}", flush=True)  # noqa: T201 (the build log)
+
+
+def main(requirements: str, store_dir: str, skip: list[str]) -> None:
     store = Path(store_dir)
     store.mkdir(parents=True, exist_ok=True)
-    entries = requirement_entries(Path(requirements))
-    have = stored_digests(store)
-    missing = [line for line, hashes in entries if not hashes & have]
-    print(  # noqa: T201 (the build log says what was downloaded)
-        f"install-requirements: {len(entries) - len(missing)} of {len(entries)} in the store"
-    )
-    if missing:
-        # pip skips the lines whose markers exclude this Python before touching the network.
-        with tempfile.TemporaryDirectory() as tmp:
+    skipped = {normalize(name) for name in skip}
+    entries = [
+        (line, hashes)
+        for line, hashes in requirement_entries(Path(requirements))
+        if normalize(re.split(r"[=<>!~;\s\[]", line, maxsplit=1)[0]) not in skipped
+    ]
+    before = stored_digests(store)
+    missing = [line for line, hashes in entries if not hashes & before]
+    with tempfile.TemporaryDirectory() as tmp:
+        if missing:
+            # pip passes over the lines whose markers exclude this Python without downloading.
             subset = Path(tmp) / "missing.txt"
             subset.write_text("\n".join(missing) + "\n")
             pip("download", "--no-deps", "--require-hashes", "-d", str(store), "-r", str(subset))
-    pip("install", "--no-index", "--find-links", str(store), "--no-deps", "--require-hashes",
-        "-r", requirements)  # fmt: skip
+        downloaded = len(stored_digests(store) - before)
+        say(f"{len(entries)} requirements; {downloaded} file(s) downloaded, the rest stored")
+        selected = Path(tmp) / "requirements.txt"
+        selected.write_text("\n".join(line for line, _hashes in entries) + "\n")
+        pip("install", "--no-index", "--find-links", str(store), "--no-deps", "--require-hashes",
+            "-r", str(selected))  # fmt: skip
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit(__doc__.strip().splitlines()[2])
-    main(*sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("requirements")
+    parser.add_argument("store")
+    parser.add_argument("--skip", nargs="+", default=[], metavar="PACKAGE")
+    args = parser.parse_args()
+    main(args.requirements, args.store, args.skip)

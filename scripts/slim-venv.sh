@@ -4,38 +4,47 @@
 #     those auditwheel rewrote with patchelf (vendored *.libs folders, and extensions whose
 #     RUNPATH points into one): stripping those corrupts them;
 #   - delete the test suites that numpy, scipy, pandas, scikit-learn and matplotlib ship;
-#   - uninstall the packages named after the venv, dependencies the image's own use never
-#     imports (the tests of that image are what shows it).
-# binutils (for strip) is installed and purged again here, so it never reaches a layer.
+#   - import what the images use, so a library that no longer loads fails the build.
+# Run again after a later layer installed more, it strips only the files added since the last
+# run (a stamp file records when): rewriting a file of an earlier layer would copy it into
+# the new one. binutils (for strip) is installed and purged again here, never reaching a layer.
 #
-# Usage: slim-venv.sh VENV [PACKAGE ...]
+# Usage: slim-venv.sh VENV
 set -euo pipefail
 
 venv="$1"
-shift
 site=$(echo "$venv"/lib/python3*/site-packages)
-
-if [ $# -gt 0 ]; then
-    "$venv/bin/pip" uninstall --yes --quiet "$@"
-fi
+stamp="$venv/.slimmed"
+newer=()
+[ -e "$stamp" ] && newer=(-cnewer "$stamp")
 
 for package in numpy scipy pandas sklearn matplotlib; do
-    [ -d "$site/$package" ] && find "$site/$package" -depth -type d -name tests -exec rm -rf {} +
+    [ -d "$site/$package" ] && find "$site/$package" -depth "${newer[@]}" -type d -name tests \
+        -exec rm -rf {} +
 done
 
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q >/dev/null
-apt-get install -y -q --no-install-recommends binutils >/dev/null
-find "$site" -type f \( -name '*.so' -o -name '*.so.*' \) -not -path '*.libs/*' -print0 \
-    | while IFS= read -r -d '' library; do
+libraries=$(mktemp)
+find "$site" "${newer[@]}" -type f \( -name '*.so' -o -name '*.so.*' \) -not -path '*.libs/*' \
+    -print0 >"$libraries"
+stripped=false
+if [ -s "$libraries" ]; then
+    stripped=true
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends binutils >/dev/null
+    while IFS= read -r -d '' library; do
         if ! readelf -d "$library" 2>/dev/null | grep -q 'R.*PATH.*\.libs'; then
             strip --strip-unneeded "$library"
         fi
-    done
-apt-get purge -y -q --auto-remove binutils >/dev/null
-rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
-
-# A library that no longer loads must fail the build, not a user's notebook.
+    done <"$libraries"
+    apt-get purge -y -q --auto-remove binutils >/dev/null
+    rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+fi
+rm "$libraries"
+touch "$stamp"
+# A library that no longer loads must fail the build, not a user's notebook; with nothing
+# stripped (pure-Python additions) there is nothing new to check.
+[ "$stripped" = true ] || exit 0
 "$venv/bin/python" - <<'PY'
 import importlib.util
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -88,3 +89,116 @@ def test_lock_matches_pyproject():
         [poetry(), "check", "--lock"], capture_output=True, text=True, cwd=ROOT, timeout=300
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def script(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / name), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+def test_the_stable_layer_holds_tensorflow_and_its_dependencies_only():
+    """What the jupyter image installs in its first layer: entries copied whole (hashes too)."""
+    requirements = (ROOT / "jupyter-notebook-docker/requirements.txt").read_text()
+    done = script(
+        "requirements-closure.py",
+        "poetry.lock",
+        "jupyter-notebook-docker/requirements.txt",
+        "tensorflow-cpu",
+    )
+    assert done.returncode == 0, done.stderr
+    names = {line.split("==")[0] for line in done.stdout.splitlines() if "==" in line}
+    assert {"tensorflow-cpu", "keras", "numpy", "h5py", "protobuf"} <= names
+    assert not {"jupyterlab", "mlflow-skinny", "papermill"} & names
+    for entry in re.split(r"\n(?=\S)", done.stdout.strip()):
+        assert "--hash=sha256:" in entry
+        assert entry in requirements
+
+
+def test_the_closure_of_an_unknown_package_is_refused():
+    done = script("requirements-closure.py", "poetry.lock", "mlflow-docker/requirements.txt", "x")
+    assert done.returncode == 1
+    assert done.stderr.strip() == "requirements-closure: none of x is in poetry.lock"
+
+
+def tiny_wheel(directory: Path, version: str) -> Path:
+    """A wheel of a one-module package, made by hand: no index and no build backend needed."""
+    import base64
+    import hashlib
+    import zipfile
+
+    name = f"irisprobe-{version}"
+    files = {
+        "irisprobe.py": f"VERSION = {version!r}\n",
+        f"{name}.dist-info/METADATA": (
+            f"Metadata-Version: 2.1\nName: irisprobe\nVersion: {version}\n"
+        ),
+        f"{name}.dist-info/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+
+    def digest(text: str) -> str:
+        raw = hashlib.sha256(text.encode()).digest()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    record = [f"{path},sha256={digest(text)},{len(text)}" for path, text in files.items()]
+    files[f"{name}.dist-info/RECORD"] = "\n".join([*record, f"{name}.dist-info/RECORD,,"]) + "\n"
+    wheel = directory / f"irisprobe-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    return wheel
+
+
+def test_install_requirements_takes_pinned_files_from_the_store_only(tmp_path):
+    """A stored file is installed without any index; a file whose hash the lock does not pin
+    is never used (here it must be downloaded, and the index has no such package)."""
+    import hashlib
+
+    store = tmp_path / "store"
+    store.mkdir()
+    pinned = tiny_wheel(store, "1.0")
+    digest = hashlib.sha256(pinned.read_bytes()).hexdigest()
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    requirements = tmp_path / "requirements.txt"
+
+    requirements.write_text(f"irisprobe==1.0 \\\n    --hash=sha256:{digest}\n")
+    done = subprocess.run(
+        [python, ROOT / "scripts/install-requirements.py", requirements, store],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PIP_INDEX_URL": "http://127.0.0.1:9/simple"},  # nothing listens
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 requirements; 0 file(s) downloaded" in done.stdout
+    version = subprocess.run(
+        [python, "-c", "import irisprobe; print(irisprobe.VERSION)"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert version.stdout.strip() == "1.0"
+
+    requirements.write_text(f"irisprobe==1.0 --hash=sha256:{'0' * 64}\n")
+    refused = subprocess.run(
+        [python, ROOT / "scripts/install-requirements.py", requirements, store],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0"},
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert sorted(p.name for p in store.glob("*.whl")) == [pinned.name]
+
+
+def test_install_requirements_refuses_an_unpinned_file(tmp_path):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("requests==2.0\n")
+    done = script("install-requirements.py", str(requirements), str(tmp_path / "store"))
+    assert done.returncode == 1
+    assert (
+        done.stderr.strip()
+        == f"install-requirements: {requirements}: not hash-pinned: requests==2.0"
+    )
