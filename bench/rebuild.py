@@ -27,7 +27,7 @@ PACKAGES = ("humanize", "tabulate", "toolz", "inflection", "pytimeparse")
 TAG = "bench-rebuild"
 WARM = "warm: poetry add, export, build"
 COLD = "cold build: empty build cache"
-STORE_REPORT = re.compile(r"install-requirements: (\d+ of \d+) in the store")
+STORE_REPORT = re.compile(r"install-requirements: (\d+ requirements; \d+ file\(s\) downloaded)")
 
 
 def copy_repository(target: Path) -> None:
@@ -88,8 +88,8 @@ def measure(runs: int) -> list[Measure]:
     rebuild.extra["warm rebuilds that downloaded TensorFlow again"] = (
         f"{sum(redownloads)} of {len(redownloads)}"
     )
-    rebuild.extra["requirements already in the wheel store, last warm rebuild"] = (
-        from_store or "(not reported)"
+    rebuild.extra["wheel store, last warm rebuild (per rebuilt layer)"] = (
+        from_store or "no layer reinstalled"
     )
     rebuild.notes.append(
         "One cold build (it downloads about 1 GB); each warm run adds another package "
