@@ -138,6 +138,11 @@ class Gateway:
         try:
             answer = await self.client.request(scope["method"], url, content=body, headers=headers)
         except httpx.HTTPError as error:
+            if (current := self.upstream) is not None and current != upstream:
+                # Swapped while this request was on its way to the old scoring server, which is
+                # stopping: a prediction is safe to ask again, of the new one.
+                await self.forward(scope, body, current, send)
+                return
             # The scoring server died mid-request; the supervisor restarts it.
             log.warning("scoring server did not answer: %s", error)
             raise GatewayError(
