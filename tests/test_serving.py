@@ -132,6 +132,14 @@ def test_server_waits_for_a_champion_then_serves_it(model_server, weak_model):
     )
 
 
+@pytest.fixture
+def served_url(model_server) -> str:
+    """The model server's URL once it serves (the first test registers the champion)."""
+    _name, url, _proc = model_server
+    endpoint.wait_until_serving(url, timeout=120)
+    return url
+
+
 def post(url: str, body: bytes | str, content_type: str = "application/json") -> requests.Response:
     return requests.post(
         f"{url}/invocations", data=body, headers={"Content-Type": content_type}, timeout=60
@@ -186,52 +194,44 @@ BAD_REQUESTS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", BAD_REQUESTS)
-def test_bad_input_gets_a_400_naming_the_problem_and_serving_goes_on(model_server, case):
-    _name, url, _proc = model_server
-    endpoint.wait_until_serving(url, timeout=120)
+def test_bad_input_gets_a_400_naming_the_problem_and_serving_goes_on(served_url, case):
     body, named = BAD_REQUESTS[case]
-    answer = post(url, body)
+    answer = post(served_url, body)
     assert answer.status_code == 400
     assert named in answer.json()["message"]
-    good = post(url, records(GOOD_ROW))
+    good = post(served_url, records(GOOD_ROW))
     assert good.status_code == 200
     assert good.json()["predictions"][0]["species"] == "setosa"
 
 
 @pytest.mark.slow
-def test_unsupported_content_type_is_refused(model_server):
-    _name, url, _proc = model_server
-    endpoint.wait_until_serving(url, timeout=120)
+def test_unsupported_content_type_is_refused(served_url):
     for content_type in ("text/plain", "application/x-parquet", ""):
-        answer = post(url, "a,b", content_type=content_type)
+        answer = post(served_url, "a,b", content_type=content_type)
         assert answer.status_code == 415
         assert "send application/json or text/csv" in answer.json()["message"]
 
 
 @pytest.mark.slow
-def test_csv_is_answered_and_its_columns_checked(model_server):
-    _name, url, _proc = model_server
-    endpoint.wait_until_serving(url, timeout=120)
+def test_csv_is_answered_and_its_columns_checked(served_url):
     header = ",".join(FEATURES)
     values = ",".join(str(v) for v in GOOD_ROW.values())
-    good = post(url, f"{header}\n{values}\n", content_type="text/csv")
+    good = post(served_url, f"{header}\n{values}\n", content_type="text/csv")
     assert good.status_code == 200
     assert good.json()["predictions"][0]["species"] == "setosa"
-    extra = post(url, f"{header},colour\n{values},3.0\n", content_type="text/csv")
+    extra = post(served_url, f"{header},colour\n{values},3.0\n", content_type="text/csv")
     assert extra.status_code == 400
     assert "unknown column(s): colour" in extra.json()["message"]
 
 
 @pytest.mark.slow
-def test_an_oversized_body_gets_a_413_and_serving_goes_on(model_server):
+def test_an_oversized_body_gets_a_413_and_serving_goes_on(served_url):
     from iris_mlflow.gateway import MAX_BODY_BYTES
 
-    _name, url, _proc = model_server
-    endpoint.wait_until_serving(url, timeout=120)
-    answer = post(url, b" " * (MAX_BODY_BYTES + 1))
+    answer = post(served_url, b" " * (MAX_BODY_BYTES + 1))
     assert answer.status_code == 413
     assert "MiB" in answer.json()["message"]
-    assert post(url, records(GOOD_ROW)).status_code == 200
+    assert post(served_url, records(GOOD_ROW)).status_code == 200
 
 
 @pytest.mark.slow
