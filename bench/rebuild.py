@@ -4,9 +4,8 @@ rebuilt images with a warm build cache, against a cold build.
 Works on a copy of the repository with its own image tag, so the real lock, requirements and
 images are never touched. Cold means Docker's whole build cache emptied first
 (`docker builder prune -af`: layers and the wheel store's cache mount, for every project on
-this engine)
-and a plain build; `--no-cache` is not cold enough to compare with, as it also swaps pip's
-cache mounts for empty throwaway ones (moby/buildkit#4250). Then each warm run adds another
+this engine) and a plain build; `--no-cache` is not cold enough to compare with, as it also
+swaps cache mounts for empty throwaway ones (moby/buildkit#4250). Then each warm run adds another
 package, so no run can reuse the layers of the one before.
 """
 

@@ -13,8 +13,8 @@ class ModelServerError(RuntimeError):
 
 
 def wait_until_serving(url: str, timeout: float = 90.0) -> None:
-    """Wait for ``/ping`` to answer 200: right after a first champion is registered the
-    server needs a few seconds to notice it and load it."""
+    """Wait for ``/ping`` to answer 200: until a first champion is registered the model
+    server answers 503, and loading it takes some seconds more."""
     deadline = time.monotonic() + timeout
     while True:
         try:
