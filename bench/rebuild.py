@@ -24,9 +24,22 @@ from bench.common import ROOT, Measure, run
 #: Small pure-Python packages that nothing in the lock depends on; one per warm run.
 PACKAGES = ("humanize", "tabulate", "toolz", "inflection", "pytimeparse")
 TAG = "bench-rebuild"
+IMAGES = (f"iris-mlflow-stack/jupyter:{TAG}", f"iris-mlflow-stack/mlflow:{TAG}")
 WARM = "warm: poetry add, export, build"
 COLD = "cold build: empty build cache"
 STORE_REPORT = re.compile(r"install-requirements: (\d+ requirements; \d+ file\(s\) downloaded)")
+
+
+def image_ids() -> set[str]:
+    ids = set()
+    for image in IMAGES:
+        done = subprocess.run(
+            ["docker", "image", "inspect", "-f", "{{.Id}}", image],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode == 0:
+            ids.add(done.stdout.strip())
+    return ids
 
 
 def copy_repository(target: Path) -> None:
@@ -60,30 +73,29 @@ def measure(runs: int) -> list[Measure]:
     ).returncode == 0 else ["docker-compose"]  # fmt: skip
     redownloads = []
     from_store = ""
-    with tempfile.TemporaryDirectory() as tmp:
-        repo = Path(tmp)
-        copy_repository(repo)
-        # One cold build: each downloads about 1 GB, and the warm runs are what is judged.
-        run(["docker", "builder", "prune", "-af"])
-        rebuild.add(COLD, timed_run([*compose, "build"], repo, env)[0])
-        for package in PACKAGES[: max(1, runs)]:
-            add_seconds, _ = timed_run([poetry, "add", package], repo, env)
-            export_seconds, _ = timed_run(["make", "requirements"], repo, env)
-            build_seconds, log = timed_run([*compose, "build"], repo, env)
-            rebuild.add("(of which poetry add: resolve and lock)", add_seconds)
-            rebuild.add(WARM, add_seconds + export_seconds + build_seconds)
-            redownloads.append("Downloading tensorflow" in log)
-            # scripts/install-requirements.py says how much it found in the wheel store.
-            from_store = ", ".join(STORE_REPORT.findall(log))
-    run(
-        [
-            "docker",
-            "image",
-            "rm",
-            f"iris-mlflow-stack/jupyter:{TAG}",
-            f"iris-mlflow-stack/mlflow:{TAG}",
-        ]
-    )
+    built: set[str] = set()  # every image the runs make: each warm run leaves one untagged
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            repo = Path(tmp)
+            copy_repository(repo)
+            # One cold build: each downloads about 1 GB, and the warm runs are what is judged.
+            run(["docker", "builder", "prune", "-af"])
+            rebuild.add(COLD, timed_run([*compose, "build"], repo, env)[0])
+            built |= image_ids()
+            for package in PACKAGES[: max(1, runs)]:
+                add_seconds, _ = timed_run([poetry, "add", package], repo, env)
+                export_seconds, _ = timed_run(["make", "requirements"], repo, env)
+                build_seconds, log = timed_run([*compose, "build"], repo, env)
+                built |= image_ids()
+                rebuild.add("(of which poetry add: resolve and lock)", add_seconds)
+                rebuild.add(WARM, add_seconds + export_seconds + build_seconds)
+                redownloads.append("Downloading tensorflow" in log)
+                # scripts/install-requirements.py says how much it found in the wheel store.
+                from_store = ", ".join(STORE_REPORT.findall(log))
+    finally:
+        subprocess.run(
+            ["docker", "image", "rm", "-f", *IMAGES, *built], capture_output=True, check=False
+        )
     rebuild.extra["warm rebuilds that downloaded TensorFlow again"] = (
         f"{sum(redownloads)} of {len(redownloads)}"
     )
