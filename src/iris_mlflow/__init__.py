@@ -4,7 +4,7 @@ The notebook narrates; this package does the work and is what the tests call.
 Importing it is cheap: TensorFlow loads only with the submodules that need it.
 """
 
-from iris_mlflow.data import FEATURES, SPECIES
+from iris_mlflow.names import FEATURES, SPECIES
 
 __all__ = ["FEATURES", "SPECIES"]
 __version__ = "0.1.0"

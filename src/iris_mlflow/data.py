@@ -9,10 +9,9 @@ import pandas as pd
 from sklearn.datasets import load_iris
 from sklearn.model_selection import train_test_split
 
-#: Input columns, named by what they measure (all in centimetres).
-FEATURES: tuple[str, ...] = ("sepal_length", "sepal_width", "petal_length", "petal_width")
-#: Output classes, in the order of the model's probabilities.
-SPECIES: tuple[str, ...] = ("setosa", "versicolor", "virginica")
+from iris_mlflow.names import FEATURES, SPECIES
+
+__all__ = ["FEATURES", "SPECIES", "IrisSplit", "load_frame", "split"]
 
 
 @dataclass(frozen=True)

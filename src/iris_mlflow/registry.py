@@ -13,9 +13,8 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-REGISTERED_MODEL = "iris-classifier"
-CHAMPION = "champion"
-CHALLENGER = "challenger"
+from iris_mlflow.names import CHALLENGER, CHAMPION
+from iris_mlflow.names import REGISTERED_MODEL_NAME as REGISTERED_MODEL
 
 
 @dataclass(frozen=True)

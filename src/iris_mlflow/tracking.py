@@ -17,8 +17,9 @@ import keras
 import mlflow
 from mlflow.entities import Metric
 
+from iris_mlflow.names import EXPERIMENT_NAME
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-DEFAULT_EXPERIMENT = "iris-classifier"
 #: Where a person opens the UI, when it differs from the URI the code talks to
 #: (in the stack the notebook talks to http://mlflow:5000, the browser to localhost).
 UI_URL_ENV = "MLFLOW_UI_URL"
@@ -37,7 +38,7 @@ def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
 
 
 def resolve_experiment(experiment_name: str | None = None) -> str:
-    return experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    return experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT_NAME
 
 
 def check_server(tracking_uri: str, timeout: float = 5.0) -> None:
