@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv requirements lint format test test-fast up down logs base-image bench clean
+.PHONY: help venv requirements lint format test test-fast screenshots up down logs base-image bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -22,6 +22,7 @@ venv: $(VENV)/.installed ## Create or update .venv from poetry.lock (all groups)
 requirements: ## Export the images' requirements files from poetry.lock
 	$(POETRY) export --only main,notebook --format requirements.txt --output jupyter-notebook-docker/requirements.txt
 	$(POETRY) export --only server --format requirements.txt --output mlflow-docker/requirements.txt
+	$(POETRY) export --only build --format requirements.txt --output jupyter-notebook-docker/requirements-build.txt
 
 lint: venv ## ruff on code and notebook, PEP 8 on the notebook
 	$(VENV)/bin/ruff check .
@@ -38,6 +39,16 @@ test: venv ## Run every test (Docker and browser tests need a Docker engine)
 test-fast: venv ## Tests that need no Docker engine or browser
 	$(PY) -m pytest -m "not docker and not browser" $(PYTEST_ARGS)
 
+# The README's screenshots: docs/img/<name>.png is the browser test's tests/artifacts/browser/<n>-<name>.png
+SCREENSHOTS := jupyterlab-after-run-all mlflow-metric-charts mlflow-registered-model
+
+screenshots: venv ## Run the browser test against a fresh stack and refresh docs/img from its screenshots
+	rm -rf tests/artifacts/browser
+	$(PY) -m pytest -m browser -p no:cacheprovider $(PYTEST_ARGS)
+	@for name in $(SCREENSHOTS); do \
+		cp tests/artifacts/browser/*-$$name.png docs/img/$$name.png && echo "refreshed docs/img/$$name.png" || exit 1; \
+	done
+
 up: ## Build and start the stack (Jupyter :8888, MLflow :5000, model server :5001)
 	$(COMPOSE) up --build -d
 
@@ -50,7 +61,7 @@ logs: ## Follow the stack's logs (the Jupyter token is printed here)
 base-image: ## Build a stand-in python:3.11 base image from Debian (no registry needed)
 	scripts/build-base-image.sh
 
-bench: venv ## Run the benchmarks (5 runs each; BENCH_ARGS=--smoke for one) and write docs/benchmarks.md
+bench: venv ## Benchmarks into docs/benchmarks.md (5 runs each, BENCH_ARGS=--smoke for one); builds with --no-cache, leaves the engine's build cache alone
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean: ## Remove caches and local run stores (not the Docker volumes)

@@ -8,9 +8,8 @@ import re
 import tempfile
 from pathlib import Path
 
-from tests.stack import Stack
-
 from bench.common import ROOT, Measure, run
+from harness.stack import Stack
 
 BASE = os.environ.get("BASE_IMAGE", "python:3.11-slim-bookworm")
 PLAIN = """FROM {base}

@@ -12,9 +12,9 @@ import time
 
 import mlflow
 from mlflow.models import infer_signature
-from tests.stack import Stack, docker, remove_leftover_projects
 
 from bench.common import ROOT, Measure
+from harness.stack import Stack, docker, remove_leftover_projects
 from iris_mlflow import endpoint
 from iris_mlflow.train import TrainingConfig, predict_species, train
 

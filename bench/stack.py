@@ -6,10 +6,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.servers import wait_for_http
-from tests.stack import Stack, docker, remove_leftover_projects
-
 from bench.common import Measure, timed
+from harness.processes import wait_for_http
+from harness.stack import Stack, docker, remove_leftover_projects
 
 #: MLflow's own defaults for `mlflow server`: four workers and the job runner.
 MLFLOW_DEFAULTS = """

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import keras
 import mlflow
-from tests.servers import mlflow_server
 
 from bench.common import Measure, timed
+from harness.mlflow_server import mlflow_server
 from iris_mlflow.data import split
 from iris_mlflow.model import build_model
 from iris_mlflow.tracking import EpochMetricsLogger, configure

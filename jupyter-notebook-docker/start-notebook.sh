@@ -46,8 +46,5 @@ if [ "$(id -u)" = 0 ]; then
     exec setpriv --reuid "$uid" --regid "$gid" --init-groups --inh-caps=-all -- "$0" "$@"
 fi
 
-if [ "${1:-}" = jupyter ] && [ "${2:-}" = lab ]; then
-    shift 2
-    exec jupyter lab --ip=0.0.0.0 --port=8888 --no-browser --ServerApp.root_dir="$work" "$@"
-fi
+# Jupyter's own settings (address, port, folder) are in /etc/jupyter/jupyter_server_config.py.
 exec "$@"

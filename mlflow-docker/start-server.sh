@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Start the tracking server. A store whose schema is older than this MLflow's (made by an
-# older release) is first backed up and migrated, with no manual step.
+# Start `mlflow server` (its settings are MLflow's own MLFLOW_* variables, set in the image).
+# What MLflow does not do itself: a SQLite store whose schema is older than this MLflow's is
+# backed up beside itself before the server migrates it, with no manual step.
 set -euo pipefail
 
 store="${MLFLOW_BACKEND_STORE_URI}"
@@ -17,9 +18,4 @@ print(sqlite3.connect(sys.argv[1]).execute("select version_num from alembic_vers
     fi
 fi
 
-exec mlflow server \
-    --host 0.0.0.0 --port 5000 \
-    --workers "${MLFLOW_WORKERS}" \
-    --backend-store-uri "$store" \
-    --serve-artifacts --artifacts-destination "${MLFLOW_ARTIFACTS_DESTINATION}" \
-    --allowed-hosts "${MLFLOW_ALLOWED_HOSTS}"
+exec mlflow server "$@"

@@ -6,13 +6,12 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests import servers
+from harness import ROOT
+from harness.mlflow_server import mlflow_server as start_mlflow_server
 
-ROOT = Path(__file__).resolve().parents[1]
 PER_EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 TEST_METRICS = ("test_loss", "test_accuracy", "test_macro_f1")
 PLOTS = ("plots/confusion_matrix.png", "plots/training_curves.png")
@@ -24,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real tracking server: SQLite store and served artifacts in a temp folder."""
-    with servers.mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+    with start_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
         yield uri
 
 
@@ -55,13 +54,12 @@ def src_owner():
 @pytest.fixture(scope="session")
 def stack(request):
     request.getfixturevalue("src_owner")  # ./src gets its owner before the container starts
-    from tests.stack import Stack, remove_leftover_projects
+    from harness.stack import Stack, remove_leftover_projects
 
     remove_leftover_projects()
     stack = Stack()
     try:
-        stack.compose("build", timeout=3000)
-        stack.up()
+        stack.up(build=True, timeout=3000)  # the README's `docker compose up --build`, detached
         yield stack
     finally:
         stack.down(volumes=True)

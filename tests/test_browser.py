@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.stack import engine_available
 from tests.conftest import ROOT
-from tests.stack import engine_available
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = ROOT / "tests" / "artifacts" / "browser"

@@ -56,6 +56,7 @@ def poetry() -> str:
     [
         ("jupyter-notebook-docker/requirements.txt", "main,notebook"),
         ("mlflow-docker/requirements.txt", "server"),
+        ("jupyter-notebook-docker/requirements-build.txt", "build"),
     ],
 )
 def test_requirements_files_match_the_lock(target, groups, tmp_path):
@@ -82,6 +83,19 @@ def test_requirements_files_match_the_lock(target, groups, tmp_path):
         f"{target} is out of date with poetry.lock: run `make requirements`"
     )
     assert "--hash=sha256:" in fresh.read_text()
+
+
+def test_stock_poetry_2_can_export_and_the_python_range_is_the_locks():
+    """Poetry 2 dropped the bundled `export`: the project declares the plugin, so a plain
+    Poetry 2 installs it. The Python range the project states is exactly the lock's."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    plugins = project["tool"]["poetry"]["requires-plugins"]
+    assert "poetry-plugin-export" in plugins
+    lock = tomllib.loads((ROOT / "poetry.lock").read_text())
+    assert project["project"]["requires-python"] == lock["metadata"]["python-versions"]
+    assert f"Python {lock['metadata']['python-versions']}" in (ROOT / "README.md").read_text()
 
 
 def test_lock_matches_pyproject():
@@ -202,3 +216,22 @@ def test_install_requirements_refuses_an_unpinned_file(tmp_path):
         done.stderr.strip()
         == f"install-requirements: {requirements}: not hash-pinned: requests==2.0"
     )
+
+
+def test_readme_screenshots_are_the_browser_tests():
+    """`make screenshots` copies the browser test's shots over docs/img: every image the README
+    shows is one the test takes, under the same name, so none can go stale unnoticed."""
+    readme = (ROOT / "README.md").read_text()
+    shown = set(re.findall(r"docs/img/([\w-]+)\.png", readme))
+    taken = set(
+        re.findall(r'shot\(page, "\d+-([\w-]+)"\)', (ROOT / "tests/test_browser.py").read_text())
+    )
+    refreshed = set(
+        re.search(r"^SCREENSHOTS := (.*)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+        .group(1)
+        .split()
+    )
+    assert shown
+    assert shown == refreshed
+    assert shown <= taken
+    assert all((ROOT / "docs/img" / f"{name}.png").is_file() for name in shown)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import requests
 
+from harness.stack import Stack, docker, engine_available
 from tests.conftest import ROOT, SRC, assert_complete_run, only_run
-from tests.stack import Stack, docker, engine_available
 
 pytestmark = [
     pytest.mark.docker,

@@ -1,14 +1,24 @@
-"""``iris-train``: the notebook's training run, from a terminal."""
+"""``iris-train``: the notebook's training run, from a terminal.
+
+Exit codes: 0 done; 2 a bad argument (usage error); 1 the run could not be made (tracking
+server unreachable or not MLflow, an MLflow error); 130 interrupted. Every error is one line
+on stderr. Arguments are checked, and the tracking server asked, before TensorFlow loads.
+"""
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 
+from iris_mlflow.config import ConfigError, TrainingConfig
+from iris_mlflow.names import REGISTERED_MODEL_NAME
+from iris_mlflow.tracking_server import TrackingServerError, check_server, resolve_tracking_uri
+
 EXIT_BAD_USAGE = 2
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+PROG = "iris-train"
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -18,46 +28,29 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = _positive_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """The options. Types only parse text; what a value may be is TrainingConfig's to say."""
+    defaults = TrainingConfig()
     parser = _OneLineParser(
-        prog="iris-train",
+        prog=PROG,
         description="Train the iris classifier and track the run in MLflow "
         "(MLFLOW_TRACKING_URI; with none set, a local mlflow.db).",
     )
-    parser.add_argument("--epochs", type=_positive_int, default=100)
-    parser.add_argument("--batch-size", type=_positive_int, default=16)
-    parser.add_argument("--hidden-units", type=_positive_int, default=16)
-    parser.add_argument("--learning-rate", type=_positive_float, default=0.01)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--test-size", type=_fraction, default=0.2)
-    parser.add_argument("--val-size", type=_fraction, default=0.2)
+    for knob, kind in (
+        ("epochs", int),
+        ("batch_size", int),
+        ("hidden_units", int),
+        ("learning_rate", float),
+        ("seed", int),
+        ("test_size", float),
+        ("val_size", float),
+    ):
+        parser.add_argument(
+            f"--{knob.replace('_', '-')}",
+            type=kind,
+            default=getattr(defaults, knob),
+            help="default: %(default)s",
+        )
     parser.add_argument(
         "--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"
     )
@@ -67,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-name")
     parser.add_argument(
         "--registered-model",
-        default="iris-classifier",
+        default=REGISTERED_MODEL_NAME,
         help="register the model under this name (default: %(default)s)",
     )
     parser.add_argument("--no-register", action="store_true", help="do not register the model")
@@ -75,17 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # TensorFlow's C++ start-up chatter is not for this terminal; warnings still show.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-    # Imported after the arguments are checked: a typo answers at once, not after TensorFlow loads.
-    from mlflow.exceptions import MlflowException  # noqa: PLC0415
-
-    from iris_mlflow.tracking import TrackingServerError  # noqa: PLC0415
-    from iris_mlflow.train import TrainingConfig, train  # noqa: PLC0415
-
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, TrainingConfig]:
+    """The arguments and the run's config; a bad value is a usage error (exit 2, one line)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         config = TrainingConfig(
             epochs=args.epochs,
@@ -96,6 +82,30 @@ def main(argv: list[str] | None = None) -> int:
             test_size=args.test_size,
             val_size=args.val_size,
         )
+    except ConfigError as error:
+        parser.error(f"argument --{error.field.replace('_', '-')}: {error.message}")
+    return args, config
+
+
+def fail(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, config = parse(argv)
+    try:
+        check_server(resolve_tracking_uri(args.tracking_uri))
+    except TrackingServerError as error:
+        return fail(str(error))
+
+    # TensorFlow's C++ start-up chatter is not for this terminal; warnings still show.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415 (heavy: after the checks)
+
+    from iris_mlflow.train import train  # noqa: PLC0415 (imports TensorFlow)
+
+    try:
         result = train(
             config,
             tracking_uri=args.tracking_uri,
@@ -104,15 +114,13 @@ def main(argv: list[str] | None = None) -> int:
             progress=None if args.quiet else print,
             register_as=None if args.no_register else args.registered_model,
         )
-    except (ValueError, TrackingServerError) as error:
-        print(f"iris-train: error: {error}", file=sys.stderr)
-        return EXIT_FAILED
+    except TrackingServerError as error:
+        return fail(str(error))
     except MlflowException as error:
-        print(f"iris-train: error: MLflow: {error.message.splitlines()[0]}", file=sys.stderr)
-        return EXIT_FAILED
+        return fail(f"MLflow: {error.message.splitlines()[0]}")
     except KeyboardInterrupt:
-        print("iris-train: interrupted; the run is marked KILLED", file=sys.stderr)
-        return 130
+        print(f"{PROG}: interrupted; the run is marked KILLED", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
     print(f"run id:        {result.run_id}")
     print(f"test accuracy: {result.test_accuracy:.4f}")

@@ -9,17 +9,30 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.error
-import urllib.request
 from urllib.parse import urlsplit
 
 import keras
 import mlflow
 from mlflow.entities import Metric
 
-from iris_mlflow.names import EXPERIMENT_NAME
+from iris_mlflow.tracking_server import (
+    TrackingServerError,
+    check_server,
+    resolve_experiment,
+    resolve_tracking_uri,
+)
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+__all__ = [
+    "EpochMetricsLogger",
+    "ProgressPrinter",
+    "TrackingServerError",
+    "check_server",
+    "configure",
+    "resolve_experiment",
+    "resolve_tracking_uri",
+    "run_url",
+]
+
 #: Where a person opens the UI, when it differs from the URI the code talks to
 #: (in the stack the notebook talks to http://mlflow:5000, the browser to localhost).
 UI_URL_ENV = "MLFLOW_UI_URL"
@@ -27,43 +40,6 @@ UI_URL_ENV = "MLFLOW_UI_URL"
 #: request, and a flush at the end of a run returns at once. Unbuffered, its thread polls the
 #: queue with a 1 s timeout, and every flush waits for that (+1 s on a 2 s training).
 ASYNC_BUFFER_SECONDS = "1"
-
-
-class TrackingServerError(RuntimeError):
-    """The tracking server cannot be reached or does not answer as MLflow does."""
-
-
-def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-def resolve_experiment(experiment_name: str | None = None) -> str:
-    return experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT_NAME
-
-
-def check_server(tracking_uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, in one line, when an HTTP tracking server is not there.
-
-    MLflow's client retries a dead server with back-off for minutes before it gives up;
-    a person who mistyped a port wants to know at once.
-    """
-    if urlsplit(tracking_uri).scheme not in ("http", "https"):
-        return
-    url = tracking_uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 (http(s) only, checked above)
-            body = answer.read(64)
-    except urllib.error.HTTPError as error:
-        raise TrackingServerError(
-            f"tracking server at {tracking_uri} answered {error.code} {error.reason} to /health"
-        ) from None
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise TrackingServerError(
-            f"cannot reach the tracking server at {tracking_uri}: {reason}"
-        ) from None
-    if body.strip() != b"OK":
-        raise TrackingServerError(f"{tracking_uri} does not look like an MLflow tracking server")
 
 
 def configure(tracking_uri: str | None = None, experiment_name: str | None = None) -> str:

@@ -1,4 +1,4 @@
-"""Drive the project's docker-compose.yml on a real engine, as a user would.
+"""Drive the project's docker-compose.yml on a real engine with Compose v2, as a user would.
 
 Each test session gets its own compose project name and free host ports, so it never
 collides with a stack the developer has running, and leftovers of an interrupted earlier
@@ -11,32 +11,27 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from dataclasses import dataclass, field
-from functools import cache
 
-from tests.conftest import ROOT
-from tests.servers import free_port
+from harness import ROOT
+from harness.processes import free_port, wait_until
 
 PROJECT_PREFIX = "iristest"
 SERVICES = ("mlflow", "jupyter")
 
 
-@cache
-def compose_command() -> tuple[str, ...]:
-    """Compose v2 (`docker compose`) where it exists, else docker-compose 1.29."""
-    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
-        return ("docker", "compose")
-    if shutil.which("docker-compose"):
-        return ("docker-compose",)
-    raise RuntimeError("neither `docker compose` nor `docker-compose` is installed")
+#: What the README tells users to type. (docker-compose 1.29 only validates the file, in CI.)
+COMPOSE = ("docker", "compose")
 
 
 def engine_available() -> bool:
+    """A Docker engine answers and Compose v2 is installed."""
     if not shutil.which("docker"):
         return False
-    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        return False
+    return subprocess.run([*COMPOSE, "version"], capture_output=True).returncode == 0
 
 
 def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
@@ -89,9 +84,8 @@ class Stack:
             "JUPYTER_PORT": str(self.jupyter_port),
             "MODEL_SERVER_PORT": str(self.model_server_port),
             "JUPYTER_TOKEN": self.token,
-            # Compose 1.29 builds through the docker CLI with BuildKit (cache mounts).
+            # BuildKit (cache mounts) with a docker CLI older than 23, as Debian's 20.10.
             "DOCKER_BUILDKIT": "1",
-            "COMPOSE_DOCKER_CLI_BUILD": "1",
             **self.extra_env,
         }
 
@@ -112,7 +106,7 @@ class Stack:
     ) -> subprocess.CompletedProcess:
         files = [arg for f in ("docker-compose.yml", *self.overrides) for arg in ("-f", f)]
         done = subprocess.run(
-            [*compose_command(), *files, *args],
+            [*COMPOSE, *files, *args],
             capture_output=True,
             text=True,
             cwd=ROOT,
@@ -138,21 +132,35 @@ class Stack:
         return state.get("Health", {}).get("Status", state["Status"])
 
     def wait_healthy(self, services=SERVICES, timeout: float = 240) -> None:
-        deadline = time.monotonic() + timeout
-        status = {}
-        while time.monotonic() < deadline:
-            status = {s: self.health(s) for s in services}
-            if all(v == "healthy" for v in status.values()):
-                return
-            if any(v in ("exited", "dead", "unhealthy") for v in status.values()):
-                break
-            time.sleep(1)
-        logs = self.compose("logs", "--tail", "60", check=False).stdout
-        raise RuntimeError(f"services not healthy: {status}\n{logs[-6000:]}")
+        """Until every service is healthy (after a restart or a restore); fails fast on one
+        that exited or turned unhealthy, with the stack's logs."""
+        status: dict[str, str] = {}
 
-    def up(self, *services: str) -> None:
-        self.compose("up", "-d", *services)
-        self.wait_healthy(services or SERVICES)
+        def all_healthy() -> bool:
+            status.update({s: self.health(s) for s in services})
+            if any(v in ("exited", "dead", "unhealthy") for v in status.values()):
+                raise RuntimeError(f"services not healthy: {status}\n{self.recent_logs()}")
+            return all(v == "healthy" for v in status.values())
+
+        try:
+            wait_until(all_healthy, timeout, "services healthy", interval=1)
+        except TimeoutError:
+            raise RuntimeError(f"services not healthy: {status}\n{self.recent_logs()}") from None
+
+    def recent_logs(self) -> str:
+        return self.compose("logs", "--tail", "60", check=False).stdout[-6000:]
+
+    def up(self, *services: str, build: bool = False, timeout: float = 600) -> None:
+        """`docker compose up --wait`: detached, returns once every service started is
+        healthy, and fails (with the logs) when one is not."""
+        done = self.compose(
+            "up", *(["--build"] if build else []), "--wait", "--wait-timeout", "300", *services,
+            timeout=timeout, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"compose up exited {done.returncode}: {done.stderr[-3000:]}\n{self.recent_logs()}"
+            )
 
     def down(self, volumes: bool = False) -> None:
         self.compose(
