@@ -22,6 +22,7 @@ venv: $(VENV)/.installed ## Create or update .venv from poetry.lock (all groups)
 requirements: ## Export the images' requirements files from poetry.lock
 	$(POETRY) export --only main,notebook --format requirements.txt --output jupyter-notebook-docker/requirements.txt
 	$(POETRY) export --only server --format requirements.txt --output mlflow-docker/requirements.txt
+	$(POETRY) export --only serving --format requirements.txt --output model-server-docker/requirements.txt
 	$(POETRY) export --only build --format requirements.txt --output jupyter-notebook-docker/requirements-build.txt
 
 lint: venv ## ruff on code and notebook, PEP 8 on the notebook

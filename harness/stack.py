@@ -101,12 +101,15 @@ class Stack:
     def jupyter_url(self) -> str:
         return f"http://127.0.0.1:{self.jupyter_port}"
 
+    def compose_args(self, *args: str) -> list[str]:
+        files = [arg for f in ("docker-compose.yml", *self.overrides) for arg in ("-f", f)]
+        return [*COMPOSE, *files, *args]
+
     def compose(
         self, *args: str, timeout: float = 600, check: bool = True
     ) -> subprocess.CompletedProcess:
-        files = [arg for f in ("docker-compose.yml", *self.overrides) for arg in ("-f", f)]
         done = subprocess.run(
-            [*COMPOSE, *files, *args],
+            self.compose_args(*args),
             capture_output=True,
             text=True,
             cwd=ROOT,
@@ -177,6 +180,18 @@ class Stack:
             timeout=timeout,
             check=False,
         )
+
+    def start_training(self, experiment: str, *args: str) -> subprocess.Popen:
+        """`iris-train` in the jupyter container, in the background; read its outcome with
+        ``communicate()``."""
+        return subprocess.Popen(
+            self.compose_args(
+                "exec", "-T", "-u", "jovyan", "jupyter",
+                "iris-train", "--quiet", "--experiment", experiment, *args,
+            ),
+            cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
 
     def train(self, experiment: str, *args: str) -> subprocess.CompletedProcess:
         """`iris-train` in the jupyter container, as the notebook user; it must succeed."""

@@ -56,6 +56,7 @@ def poetry() -> str:
     [
         ("jupyter-notebook-docker/requirements.txt", "main,notebook"),
         ("mlflow-docker/requirements.txt", "server"),
+        ("model-server-docker/requirements.txt", "serving"),
         ("jupyter-notebook-docker/requirements-build.txt", "build"),
     ],
 )
