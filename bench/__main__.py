@@ -23,7 +23,10 @@ BENCHMARKS = {
     "serving": "model-server latency and throughput against the plain keras flavour",
     "images": "image sizes against a plain pip install",
     "rebuild": "rebuild after poetry add, warm cache against cold",
+    "runtimes": "runtimes for the logged model without TensorFlow: size, latency, parity",
 }
+#: Not in --smoke runs: it installs four throwaway venvs (about 1.3 GB of downloads).
+NOT_SMOKED = {"runtimes"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1:
         parser.error("--runs must be at least 1")
 
-    selected = args.only or list(BENCHMARKS)
+    selected = args.only or [b for b in BENCHMARKS if not (args.smoke and b in NOT_SMOKED)]
     if not args.only and RESULTS.exists():
         shutil.rmtree(RESULTS)  # a full run replaces every figure; --only keeps the others
     for name in selected:
@@ -51,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(f"   ({time.monotonic() - start:.0f} s)", flush=True)
     REPORT.parent.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text(render_report(smoke=args.smoke))
+    # A partial run (--only) keeps the earlier report's other sections.
+    REPORT.write_text(render_report(smoke=args.smoke, keep=REPORT if args.only else None))
     print(f"wrote {REPORT}")
     return 0
 

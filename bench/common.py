@@ -39,7 +39,7 @@ class Measure:
         return statistics.median(self.samples[variant])
 
     def ratio(self, variant: str) -> float | None:
-        if self.baseline is None or variant == self.baseline:
+        if self.baseline is None or variant == self.baseline or self.baseline not in self.samples:
             return None
         return self.median(variant) / self.median(self.baseline)
 
@@ -114,9 +114,21 @@ def fmt(value: float | None, unit: str) -> str:
     return f"{value:.2f}"
 
 
-def render_report(smoke: bool) -> str:
+def kept_sections(report: Path, replaced: set[str]) -> list[str]:
+    """The sections of an existing report whose titles no new result replaces: a run of some
+    benchmarks (`--only`) keeps the others' figures, each with its own date and commit."""
+    if not report.exists():
+        return []
+    parts = report.read_text().split("\n## ")[1:]
+    return [f"## {part.rstrip()}\n" for part in parts if part.split("\n", 1)[0] not in replaced]
+
+
+def render_report(smoke: bool, keep: Path | None = None) -> str:
+    """The Markdown report of the results in bench/results; with ``keep``, also the sections
+    of that earlier report that no result here replaces."""
     results = sorted(RESULTS.glob("*.json"))
     loaded = [json.loads(p.read_text()) for p in results]
+    kept = kept_sections(keep, {r["title"] for r in loaded}) if keep else []
     lines = ["# Benchmarks", ""]
     if loaded:
         head = loaded[0]
@@ -151,4 +163,5 @@ def render_report(smoke: bool) -> str:
         for note in r["notes"]:
             lines.append(f"\n{note}")
         lines.append("")
+    lines += kept
     return "\n".join(lines).rstrip() + "\n"

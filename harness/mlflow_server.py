@@ -13,11 +13,12 @@ from harness.processes import free_port, stop_process, wait_for_http
 
 
 @contextlib.contextmanager
-def mlflow_server(home: Path) -> Iterator[str]:
-    """A real tracking server on a free loopback port: SQLite store and served artifacts
-    under ``home``, one worker (as the stack runs it). Yields its URI; always stopped."""
-    port = free_port()
-    with (home / "server.log").open("wb") as log:
+def mlflow_server(home: Path, port: int | None = None) -> Iterator[str]:
+    """A real tracking server on loopback (on ``port``, else a free one): SQLite store and
+    served artifacts under ``home``, one worker (as the stack runs it). Yields its URI;
+    always stopped. Started again on the same ``home`` and port, it is the same server."""
+    port = port or free_port()
+    with (home / "server.log").open("ab") as log:
         proc = subprocess.Popen(
             [
                 sys.executable, "-m", "mlflow", "server",

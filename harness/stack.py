@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from harness import ROOT
 from harness.processes import free_port, wait_until
@@ -74,6 +75,8 @@ class Stack:
     extra_env: dict[str, str] = field(default_factory=dict)
     #: Compose files layered over docker-compose.yml (benchmarks compare settings this way).
     overrides: tuple[str, ...] = ()
+    #: The checkout whose docker-compose.yml this is (a benchmark runs an older commit's).
+    directory: Path = ROOT
 
     @property
     def env(self) -> dict[str, str]:
@@ -112,7 +115,7 @@ class Stack:
             self.compose_args(*args),
             capture_output=True,
             text=True,
-            cwd=ROOT,
+            cwd=self.directory,
             env=self.env,
             timeout=timeout,
             stdin=subprocess.DEVNULL,
@@ -189,7 +192,7 @@ class Stack:
                 "exec", "-T", "-u", "jovyan", "jupyter",
                 "iris-train", "--quiet", "--experiment", experiment, *args,
             ),
-            cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
+            cwd=self.directory, env=self.env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
 

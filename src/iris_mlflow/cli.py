@@ -8,6 +8,7 @@ on stderr. Arguments are checked, and the tracking server asked, before TensorFl
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -101,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # TensorFlow's C++ start-up chatter is not for this terminal; warnings still show.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # A batch MLflow's background logger could not send is reported by train() in one line;
+    # the logger's own line per failed batch would only repeat it.
+    logging.getLogger("mlflow.utils.async_logging").setLevel(logging.CRITICAL)
     from mlflow.exceptions import MlflowException  # noqa: PLC0415 (heavy: after the checks)
 
     from iris_mlflow.train import train  # noqa: PLC0415 (imports TensorFlow)

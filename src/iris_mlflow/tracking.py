@@ -78,6 +78,7 @@ class EpochMetricsLogger(keras.callbacks.Callback):
         self.interval = interval
         self._pending: list[Metric] = []
         self._last_sent = 0.0
+        self._operations: list = []  # one per batch handed to MLflow's background logger
 
     def on_train_begin(self, logs: dict | None = None) -> None:  # noqa: ARG002 (Keras API)
         self._run_id = mlflow.active_run().info.run_id
@@ -98,9 +99,19 @@ class EpochMetricsLogger(keras.callbacks.Callback):
     def _send(self) -> None:
         for start in range(0, len(self._pending), 1000):  # MLflow's limit per batch
             batch = self._pending[start : start + 1000]
-            self._client.log_batch(self._run_id, metrics=batch, synchronous=False)
+            self._operations.append(
+                self._client.log_batch(self._run_id, metrics=batch, synchronous=False)
+            )
         self._pending = []
         self._last_sent = time.monotonic()
+
+    def wait_until_logged(self) -> None:
+        """Wait for every batch; raise if one was not stored. MLflow's background logger only
+        logs such a failure and moves on: without this, a run whose server went away could
+        end FINISHED with epochs missing."""
+        operations, self._operations = self._operations, []
+        for operation in operations:
+            operation.wait()
 
 
 class ProgressPrinter(keras.callbacks.Callback):

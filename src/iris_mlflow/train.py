@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -13,43 +14,16 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, f1_score
 
-from iris_mlflow import tracking
-from iris_mlflow.classifier import log_classifier
+from iris_mlflow import tracking, unfinished_runs
+from iris_mlflow.config import TrainingConfig
 from iris_mlflow.data import FEATURES, SPECIES, IrisSplit, split
 from iris_mlflow.model import build_model
-from iris_mlflow.registry import REGISTERED_MODEL, Registration, register
+from iris_mlflow.names import REGISTERED_MODEL_NAME
+from iris_mlflow.registry import Registration, register
+from iris_mlflow.serving.model import log_classifier
 
 MODEL_NAME = "model"
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """The knobs of one training run; each one is logged as a run parameter."""
-
-    epochs: int = 100
-    batch_size: int = 16
-    hidden_units: int = 16
-    learning_rate: float = 0.01
-    seed: int = 42
-    test_size: float = 0.2
-    val_size: float = 0.2
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "hidden_units"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"seed must be a whole number of at least 0, got {self.seed!r}")
-        lr = self.learning_rate
-        if isinstance(lr, bool) or not isinstance(lr, int | float) or not (0 < lr <= 10):
-            raise ValueError(f"learning_rate must be a number in (0, 10], got {lr!r}")
-        if not math.isfinite(lr):
-            raise ValueError(f"learning_rate must be finite, got {lr!r}")
-        for name in ("test_size", "val_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not (0 < value < 1):
-                raise ValueError(f"{name} must be a fraction between 0 and 1, got {value!r}")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -145,68 +119,95 @@ def train(
     experiment_name: str | None = None,
     run_name: str | None = None,
     progress: Callable[[str], None] | None = None,
-    register_as: str | None = REGISTERED_MODEL,
+    register_as: str | None = REGISTERED_MODEL_NAME,
 ) -> TrainingResult:
     """Train on a stratified split, evaluate on held-out flowers, and log it all to MLflow.
 
     A failure anywhere inside the run ends the run as FAILED (MLflow's context manager).
+    If the tracking server went away and stayed away longer than MLflow's client retries,
+    this raises :class:`~iris_mlflow.tracking.TrackingServerError` with one line naming the
+    server; the run, which could not be closed, is marked FAILED by the next training.
     With ``register_as`` (the default name unless None), the model then becomes a version of
     that registered model, champion or challenger by its test accuracy.
     """
     config = config or TrainingConfig()
     experiment_id = tracking.configure(tracking_uri, experiment_name)
+    uri = mlflow.get_tracking_uri()
+    for run_id in unfinished_runs.close_remembered(mlflow.MlflowClient(), uri):
+        log.warning(
+            "marked run %s FAILED: it was cut off when the tracking server went away", run_id
+        )
+
+    run = None
+    try:
+        with mlflow.start_run(run_name=run_name) as run:
+            result = _train_in_run(config, progress)
+    except Exception as error:
+        # With the server gone, MLflow cannot mark the run FAILED either: remember it, so the
+        # next training marks it, and say so in one line.
+        if run is None or not _server_gone(uri):
+            raise
+        unfinished_runs.remember(uri, run.info.run_id)
+        raise tracking.TrackingServerError(
+            f"lost the tracking server at {uri} (no answer after MLflow's client retries); "
+            f"run {run.info.run_id} stays RUNNING until the next training against that server "
+            "marks it FAILED"
+        ) from error
+
+    result.run_id = run.info.run_id
+    result.experiment_id = experiment_id
+    result.run_url = tracking.run_url(experiment_id, run.info.run_id)
+    if register_as:
+        result.registration = register(result.model_uri, result.test_accuracy, register_as)
+    return result
+
+
+def _train_in_run(config: TrainingConfig, progress: Callable[[str], None] | None) -> TrainingResult:
+    """Everything logged inside the active run."""
     data = split(config.test_size, config.val_size, config.seed)
     x_train = data.x_train.to_numpy()
     x_test = data.x_test.to_numpy()
-
-    callbacks: list[keras.callbacks.Callback] = [tracking.EpochMetricsLogger()]
+    epoch_logger = tracking.EpochMetricsLogger()
+    callbacks: list[keras.callbacks.Callback] = [epoch_logger]
     if progress is not None:
         callbacks.append(tracking.ProgressPrinter(config.epochs, progress))
 
-    with mlflow.start_run(run_name=run_name) as run:
-        mlflow.log_params(asdict(config))
-        mlflow.log_params(
-            {"n_train": len(x_train), "n_val": len(data.y_val), "n_test": len(x_test)}
-        )
-        mlflow.set_tags(
-            {"dataset": "iris (scikit-learn)", "framework": f"keras {keras.__version__}"}
-        )
+    mlflow.log_params(asdict(config))
+    mlflow.log_params({"n_train": len(x_train), "n_val": len(data.y_val), "n_test": len(x_test)})
+    mlflow.set_tags({"dataset": "iris (scikit-learn)", "framework": f"keras {keras.__version__}"})
 
-        model = build_model(
-            x_train,
-            config.hidden_units,
-            config.learning_rate,
-            config.seed,
-            steps_per_execution=batches_per_epoch(config, data),
-        )
-        history = fit(model, data, config, callbacks)
+    model = build_model(
+        x_train,
+        config.hidden_units,
+        config.learning_rate,
+        config.seed,
+        steps_per_execution=batches_per_epoch(config, data),
+    )
+    history = fit(model, data, config, callbacks)
 
-        test_loss, test_accuracy = model.evaluate(x_test, data.y_test, verbose=0)
-        probabilities = predict_species(model, x_test)
-        y_pred = probabilities.argmax(axis=1)
-        test_macro_f1 = float(f1_score(data.y_test, y_pred, average="macro"))
-        mlflow.log_metrics(
-            {"test_loss": test_loss, "test_accuracy": test_accuracy, "test_macro_f1": test_macro_f1}
-        )
+    test_loss, test_accuracy = model.evaluate(x_test, data.y_test, verbose=0)
+    probabilities = predict_species(model, x_test)
+    y_pred = probabilities.argmax(axis=1)
+    test_macro_f1 = float(f1_score(data.y_test, y_pred, average="macro"))
+    mlflow.log_metrics(
+        {"test_loss": test_loss, "test_accuracy": test_accuracy, "test_macro_f1": test_macro_f1}
+    )
 
-        figures = {
-            "training_curves": training_curves(history),
-            "confusion_matrix": confusion_figure(data.y_test, y_pred),
-        }
-        for name, fig in figures.items():
-            mlflow.log_figure(fig, f"plots/{name}.png")
+    figures = {
+        "training_curves": training_curves(history),
+        "confusion_matrix": confusion_figure(data.y_test, y_pred),
+    }
+    for name, fig in figures.items():
+        mlflow.log_figure(fig, f"plots/{name}.png")
 
-        logged = log_classifier(model, data.x_test.head(3), name=MODEL_NAME)
-        # Everything queued asynchronously must reach the server before the run ends.
-        mlflow.flush_async_logging()
-
-    registration = None
-    if register_as:
-        registration = register(logged.model_uri, float(test_accuracy), register_as)
-
+    logged = log_classifier(model, data.x_test.head(3), name=MODEL_NAME)
+    # Everything queued asynchronously must reach the server before the run ends; a batch
+    # that did not fails the run rather than leaving it FINISHED with epochs missing.
+    mlflow.flush_async_logging()
+    epoch_logger.wait_until_logged()
     return TrainingResult(
-        run_id=run.info.run_id,
-        experiment_id=experiment_id,
+        run_id="",
+        experiment_id="",
         model_uri=logged.model_uri,
         test_accuracy=float(test_accuracy),
         test_loss=float(test_loss),
@@ -215,9 +216,15 @@ def train(
         model=model,
         data=data,
         figures=figures,
-        run_url=tracking.run_url(experiment_id, run.info.run_id),
-        registration=registration,
     )
+
+
+def _server_gone(uri: str) -> bool:
+    try:
+        tracking.check_server(uri)
+    except tracking.TrackingServerError:
+        return True
+    return False
 
 
 __all__ = [

@@ -1,8 +1,12 @@
-"""The logged and served model: a pyfunc around the Keras model that answers in the user's terms.
+"""The logged and served model: one MLflow pyfunc that answers in the user's terms.
 
 Input: rows with the four measurements in cm, as named columns. Output: the species name and
 the three class probabilities. Rows are checked before they reach the network, so a bad
 request gets a 400 that names the problem rather than a silent wrong answer.
+
+The network runs on NumPy (:mod:`iris_mlflow.serving.network`): loading and predicting need
+mlflow-skinny, NumPy and pandas, not TensorFlow or Keras. The ``.keras`` file is logged beside
+the exported weights, for whoever wants the Keras model itself.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema
 
-from iris_mlflow.data import FEATURES, SPECIES
+from iris_mlflow.names import FEATURES, SPECIES
+from iris_mlflow.serving.network import NumpyNetwork
 
 #: Valid measurements, in cm. The largest iris on record is well under 15 cm; 30 leaves
 #: room while refusing values in mm (51 for 5.1 cm) or inches-gone-wrong.
@@ -27,6 +32,8 @@ MIN_CM, MAX_CM = 0.0, 30.0
 #: Rows per request: ample for batch scoring, small enough to answer in well under a second.
 MAX_ROWS = 10_000
 PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"probability_{name}" for name in SPECIES)
+#: The logged model's artifacts: the exported network (what predict uses), and the Keras file.
+SPEC_ARTIFACT, WEIGHTS_ARTIFACT, KERAS_ARTIFACT = "network_spec", "network_weights", "keras_model"
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("double", name) for name in FEATURES]),
@@ -37,7 +44,7 @@ SIGNATURE = ModelSignature(
 
 
 class InvalidMeasurementsError(MlflowException):
-    """A request the model must not answer; the scoring server turns it into a 400."""
+    """A request the model must not answer; the model server turns it into a 400."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
@@ -46,8 +53,8 @@ class InvalidMeasurementsError(MlflowException):
 def check_columns(columns: Iterable) -> None:
     """Refuse a table whose column names are not exactly the four measurements.
 
-    The model server's gateway calls this on the names a request carries, because MLflow's
-    schema enforcement would drop an unknown column silently before ``predict`` runs.
+    The model server calls this on the names a request carries before parsing it, because
+    MLflow's schema enforcement would drop an unknown column silently before ``predict`` runs.
     """
     names = [str(c) for c in columns]
     missing = [c for c in FEATURES if c not in names]
@@ -80,13 +87,13 @@ def validate_measurements(rows: pd.DataFrame | np.ndarray) -> np.ndarray:
         raise InvalidMeasurementsError("no rows to predict")
     if len(rows) > MAX_ROWS:
         raise InvalidMeasurementsError(f"{len(rows)} rows is more than {MAX_ROWS} per request")
-    values = rows[list(FEATURES)]
+    dtypes = rows.dtypes  # per column; looked up once (pandas indexing is slow per call)
     for column in FEATURES:
-        if not pd.api.types.is_numeric_dtype(values[column]) or pd.api.types.is_bool_dtype(
-            values[column]
-        ):
+        dtype = dtypes[column]
+        if not pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
             raise InvalidMeasurementsError(f"column {column} must hold numbers (cm)")
-    matrix = values.to_numpy(dtype="float64")
+    in_order = rows if tuple(rows.columns) == FEATURES else rows[list(FEATURES)]
+    matrix = in_order.to_numpy(dtype="float64")
     bad = ~np.isfinite(matrix) | (matrix <= MIN_CM) | (matrix > MAX_CM)
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
@@ -101,57 +108,76 @@ def validate_measurements(rows: pd.DataFrame | np.ndarray) -> np.ndarray:
 
 def probabilities_frame(probabilities: np.ndarray) -> pd.DataFrame:
     """Species name and class probabilities, one row per input row."""
-    frame = pd.DataFrame(probabilities.astype("float64"), columns=list(PROBABILITY_COLUMNS))
-    frame.insert(0, "species", np.asarray(SPECIES, dtype=object)[probabilities.argmax(axis=1)])
-    return frame
+    probabilities = probabilities.astype("float64")
+    species = np.asarray(SPECIES, dtype=object)[probabilities.argmax(axis=1)]
+    columns = {"species": species}
+    columns.update(zip(PROBABILITY_COLUMNS, probabilities.T, strict=True))
+    return pd.DataFrame(columns)
 
 
 class IrisClassifier(mlflow.pyfunc.PythonModel):
-    """pyfunc flavour around the saved ``.keras`` file (artifact ``keras_model``)."""
+    """pyfunc flavour around the exported network (artifacts ``network_spec`` and
+    ``network_weights``), evaluated with NumPy."""
 
     def load_context(self, context) -> None:
-        import keras  # noqa: PLC0415 (heavy; only the process that serves needs it)
-
-        self.model = keras.saving.load_model(context.artifacts["keras_model"], compile=False)
-        # Trace once now, so the first request does not pay for it.
-        self.model(np.ones((1, len(FEATURES)), dtype="float32"))
+        artifacts = context.artifacts
+        if SPEC_ARTIFACT not in artifacts or WEIGHTS_ARTIFACT not in artifacts:
+            raise MlflowException(
+                "this model has no exported network (artifacts "
+                f"{SPEC_ARTIFACT!r}, {WEIGHTS_ARTIFACT!r}); it was logged by an older version "
+                "that served it with TensorFlow: train a new model"
+            )
+        self.network = NumpyNetwork.load(artifacts[SPEC_ARTIFACT], artifacts[WEIGHTS_ARTIFACT])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:  # noqa: ARG002 (pyfunc interface)
-        matrix = validate_measurements(model_input)
-        # A direct call, not model.predict: predict sets up a data pipeline per call,
-        # which costs tens of milliseconds on a few rows (tensorflow issue 40261).
-        probabilities = np.asarray(self.model(matrix, training=False))
-        return probabilities_frame(probabilities)
+        return probabilities_frame(self.network(validate_measurements(model_input)))
 
 
 def log_classifier(keras_model, input_example: pd.DataFrame, name: str = "model"):
-    """Log the Keras model as an :class:`IrisClassifier`; return MLflow's ModelInfo."""
+    """Log the Keras model as an :class:`IrisClassifier`; return MLflow's ModelInfo.
+
+    Runs in the training process: it exports the network for the NumPy runtime (refusing a
+    layer or activation that runtime does not implement), checks that the export answers
+    like Keras (on the example rows and a spread of plausible measurements), then logs one
+    pyfunc model with the export, the ``.keras`` file, and this package's code.
+    """
     import tempfile  # noqa: PLC0415
 
-    package_dir = Path(__file__).resolve().parent
+    from iris_mlflow.serving.network import check_export, export_network  # noqa: PLC0415
+
+    package_dir = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
+        spec_path, weights_path = export_network(keras_model, tmp)
+        check_export(
+            keras_model, NumpyNetwork.load(spec_path, weights_path), _check_rows(input_example)
+        )
         keras_path = Path(tmp) / "iris.keras"
         keras_model.save(keras_path)
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=str(package_dir / "served_model.py"),
-            artifacts={"keras_model": str(keras_path)},
-            # The served container needs only this package's code, not an install of it.
+            python_model=str(Path(__file__).with_name("model_code.py")),
+            artifacts={
+                SPEC_ARTIFACT: str(spec_path),
+                WEIGHTS_ARTIFACT: str(weights_path),
+                KERAS_ARTIFACT: str(keras_path),
+            },
+            # Whoever loads the model needs only this package's code, not an install of it.
             code_paths=[str(package_dir)],
             signature=SIGNATURE,
             input_example=input_example,
-            pip_requirements=_pip_requirements(),
+            pip_requirements=pip_requirements(),
         )
 
 
-def _pip_requirements() -> list[str]:
-    """Pin what the model needs to the versions it was trained with."""
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+def _check_rows(input_example: pd.DataFrame) -> np.ndarray:
+    """The example rows plus a grid over plausible measurements (0.1 to 8 cm)."""
+    example = input_example[list(FEATURES)].to_numpy(dtype="float32")
+    grid = np.random.default_rng(0).uniform(0.1, 8.0, size=(256, len(FEATURES)))
+    return np.vstack([example, grid.astype("float32")])
 
-    pins = []
-    for dist in ("mlflow-skinny", "keras", "tensorflow-cpu", "tensorflow", "numpy", "pandas"):
-        try:
-            pins.append(f"{dist}=={version(dist)}")
-        except PackageNotFoundError:
-            continue
-    return pins
+
+def pip_requirements() -> list[str]:
+    """What loading and predicting need, pinned to the versions the model was logged with."""
+    from importlib.metadata import version  # noqa: PLC0415
+
+    return [f"{dist}=={version(dist)}" for dist in ("mlflow-skinny", "numpy", "pandas")]
