@@ -45,7 +45,7 @@ SCREENSHOTS := jupyterlab-after-run-all mlflow-metric-charts mlflow-registered-m
 
 screenshots: venv ## Run the browser test against a fresh stack and refresh docs/img from its screenshots
 	rm -rf tests/artifacts/browser
-	$(PY) -m pytest -m browser -p no:cacheprovider $(PYTEST_ARGS)
+	IRIS_FAIL_ON_SKIP=1 $(PY) -m pytest -m browser -p no:cacheprovider $(PYTEST_ARGS)
 	@for name in $(SCREENSHOTS); do \
 		cp tests/artifacts/browser/*-$$name.png docs/img/$$name.png && echo "refreshed docs/img/$$name.png" || exit 1; \
 	done

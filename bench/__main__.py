@@ -20,7 +20,7 @@ from bench.common import REPORT, RESULTS, render_report
 BENCHMARKS = {
     "tracking": "tracking overhead and training speed",
     "stack": "cold start, memory at rest, notebook end to end",
-    "serving": "model-server latency and throughput against the plain keras flavour",
+    "serving": "model server: latency, throughput, memory, swap, against the one before it",
     "images": "image sizes against a plain pip install",
     "rebuild": "rebuild after poetry add, warm cache against cold",
     "runtimes": "runtimes for the logged model without TensorFlow: size, latency, parity",

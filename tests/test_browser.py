@@ -133,14 +133,19 @@ def run_notebook_in_jupyterlab(stack, page, name: str) -> None:
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
     prompts = page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt")
-    # Done when every code cell shows an execution count: no [*] (running), no [ ] (not run).
+    # Done when every code cell shows an execution count: no [*] (running), no [ ] (not run);
+    # or as soon as a cell shows an error (Run All stops there), which is then reported.
     page.wait_for_function(
         """() => {
+            const error = '.jp-Notebook [data-mime-type="application/vnd.jupyter.error"]';
+            if (document.querySelector(error)) return true;
             const p = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')];
             return p.length > 0 && p.every(e => /\\[\\d+\\]/.test(e.textContent));
         }""",
         timeout=300_000,
     )
+    errors = page.locator('.jp-Notebook [data-mime-type="application/vnd.jupyter.error"]')
+    assert errors.count() == 0, errors.first.inner_text()[-2000:]
     assert prompts.count() >= 10
     page.keyboard.press("Control+s")
     page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for()
