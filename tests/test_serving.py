@@ -110,15 +110,8 @@ def model_server(tracked, tmp_path_factory):
 @pytest.mark.slow
 def test_server_waits_for_a_champion_then_serves_it(model_server, weak_model):
     name, url, proc, _log = model_server
-    deadline = time.monotonic() + 60
-    while True:  # until the server listens (importing MLflow takes a few seconds)
-        assert proc.poll() is None, "the model server must wait, not exit, with no champion"
-        try:
-            requests.get(f"{url}/ping", timeout=5)
-            break
-        except requests.ConnectionError:
-            assert time.monotonic() < deadline, "the model server did not listen within 60 s"
-            time.sleep(0.5)
+    # Until the server listens (importing MLflow takes a few seconds); it must not exit.
+    wait_until(lambda: listening(url, proc), 60, "the model server listening")
     time.sleep(2)  # a few polls of the registry, with no champion to find
     assert proc.poll() is None
     message = (
@@ -330,13 +323,14 @@ def test_a_version_that_fails_to_load_leaves_the_champion_serving(
     ).version
     client.set_registered_model_alias(name, CHAMPION, broken)
     try:
-        deadline = time.monotonic() + 30
-        while f"cannot load {name} version {broken}" not in log_path.read_text():
+
+        def failed_load_logged() -> bool:
             answer = post(served_url, records(GOOD_ROW))
             assert answer.status_code == 200, answer.text
             assert served_version(answer) == serving
-            assert time.monotonic() < deadline, "no failed load logged within 30 s"
-            time.sleep(0.1)
+            return f"cannot load {name} version {broken}" in log_path.read_text()
+
+        wait_until(failed_load_logged, 30, "a failed load logged", interval=0.1)
         for _ in range(20):  # still the old champion, answering every request
             answer = post(served_url, records(GOOD_ROW))
             assert (answer.status_code, served_version(answer)) == (200, serving)
@@ -383,8 +377,7 @@ def test_a_better_model_is_served_without_a_manual_step(served_url, model_server
     swap_seconds = time.monotonic() - moved
     print(f"new champion answered {swap_seconds:.1f} s after the alias moved; {answered}")
     assert answered.get(before, 0) >= 1, "the old champion should answer until the swap"
-    # One poll (1 s here) plus loading; the README promises a few seconds.
-    assert swap_seconds < 10
+    # How fast is bench/serving.py's to measure, not a timed assertion here.
 
 
 @pytest.mark.slow

@@ -7,13 +7,13 @@ import hashlib
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
+from harness.processes import wait_until
 from harness.stack import Stack, docker, engine_available
 from tests.conftest import ROOT, SRC, assert_complete_run, only_run
 
@@ -177,18 +177,16 @@ def test_model_server_serves_the_champion_then_a_better_one(stack):
     version = f"iris-classifier/{better.registration.version}"
 
     # Every request through the swap is answered, by the old champion, then the new one.
-    deadline = time.monotonic() + 60
-    while True:
+    def answer_of_the_new_champion():
         answer = requests.post(
             f"{stack.model_server_url}/invocations",
             json={"dataframe_split": flowers.to_dict(orient="split", index=False)},
             timeout=30,
         )
         assert answer.status_code == 200, answer.text
-        if answer.headers["x-model-version"] == version:
-            break
-        assert time.monotonic() < deadline, "the better model was not served within 60 s"
-        time.sleep(0.1)
+        return answer if answer.headers["x-model-version"] == version else None
+
+    answer = wait_until(answer_of_the_new_champion, 60, "the better model served", interval=0.1)
     served = pd.DataFrame(answer.json()["predictions"])
     assert list(served["species"]) == [SPECIES[i] for i in keras_probabilities.argmax(axis=1)]
     np.testing.assert_allclose(
