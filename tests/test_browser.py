@@ -3,6 +3,7 @@ the MLflow UI shows the run, its chart, its model and the champion alias."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -125,9 +126,31 @@ def test_jupyterlab_runs_the_notebook_and_mlflow_shows_the_run(stack, page):
     assert page.errors == [], page.errors
 
 
+def open_with_a_ready_kernel(stack, page, name: str) -> None:
+    """Open the notebook and wait until its kernel is idle in the status bar.
+
+    JupyterLab sometimes starts two kernels for a notebook it opens, shuts one down and
+    connects to that one (the server logs a 500 on its websocket; seen here in about one
+    run of three): the page then waits for ever at "No Kernel | Initializing". A user
+    reloads the page; so does this, up to twice, and forgets those failed connections.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    ready = page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\(ipykernel\) \| Idle"))
+    for _attempt in range(3):
+        page.goto(f"{stack.jupyter_url}/lab/tree/{name}?token={stack.token}")
+        page.locator(".jp-Notebook").first.wait_for()
+        try:
+            ready.first.wait_for(timeout=60_000)
+        except PlaywrightTimeoutError:
+            page.errors[:] = [e for e in page.errors if "/channels" not in e]
+            continue
+        return
+    raise AssertionError("the notebook's kernel did not become ready in three page loads")
+
+
 def run_notebook_in_jupyterlab(stack, page, name: str) -> None:
-    page.goto(f"{stack.jupyter_url}/lab/tree/{name}?token={stack.token}")
-    page.locator(".jp-Notebook").first.wait_for()
+    open_with_a_ready_kernel(stack, page, name)
     page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for()
     shot(page, "1-jupyterlab-notebook")
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
