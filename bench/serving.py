@@ -45,14 +45,6 @@ def loadgen(container: str, *args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def memory_mb(container: str) -> float:
-    usage = docker("stats", "--no-stream", "--format", "{{.MemUsage}}", container).stdout
-    amount = usage.split("/")[0].strip()
-    number = float(amount.rstrip("KMGiB"))
-    scale = {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}[amount[len(amount.rstrip("KMGiB")) :]]
-    return number * scale * 1.048576  # MiB -> MB
-
-
 def answer(stack: Stack) -> str:
     """What the served champion says about two borderline flowers (differs between versions)."""
     import requests
@@ -155,7 +147,7 @@ def measure(runs: int) -> list[Measure]:
                 )
             time.sleep(20)  # at rest
             for variant, stack in stacks.items():
-                memory.add(variant, memory_mb(stack.container("model-server")))
+                memory.add(variant, stack.memory_mb("model-server"))
             for _ in range(runs):
                 for variant, stack in stacks.items():
                     container = stack.container("model-server")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bench.common import Measure, timed
 from harness.processes import wait_for_http
-from harness.stack import Stack, docker, remove_leftover_projects
+from harness.stack import Stack, remove_leftover_projects
 
 #: MLflow's own defaults for `mlflow server`: four workers and the job runner.
 MLFLOW_DEFAULTS = """
@@ -31,15 +31,6 @@ def cold_start_seconds(stack: Stack) -> float:
     wait_for_http(f"{stack.mlflow_url}/health", timeout=240)
     wait_for_http(f"{stack.jupyter_url}/api", timeout=240)
     return time.perf_counter() - start
-
-
-def memory_mb(stack: Stack, service: str) -> float:
-    container = stack.container(service)
-    usage = docker("stats", "--no-stream", "--format", "{{.MemUsage}}", container).stdout
-    amount = usage.split("/")[0].strip()
-    number = float(amount.rstrip("KMGiB"))
-    scale = {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}[amount[len(amount.rstrip("KMGiB")) :]]
-    return number * scale * 1.048576  # MiB -> MB
 
 
 def measure(runs: int) -> list[Measure]:
@@ -77,7 +68,7 @@ def measure(runs: int) -> list[Measure]:
                 theirs.compose("rm", "-f", "-s", *CORE)
             time.sleep(20)
             for service in CORE:
-                memory.add(service, memory_mb(ours, service))
+                memory.add(service, ours.memory_mb(service))
             cold.target_met = cold.median(OURS) <= 15
 
             ours.up()
@@ -99,7 +90,7 @@ def measure(runs: int) -> list[Measure]:
                 notebook.add("notebook (papermill)", timed(run_notebook))
                 notebook.add(notebook.baseline, timed(run_cli))
             notebook.target_met = notebook.median("notebook (papermill)") <= 20
-            memory.add("model-server (serving)", memory_mb(ours, "model-server"))
+            memory.add("model-server (serving)", ours.memory_mb("model-server"))
         finally:
             ours.down(volumes=True)
             theirs.down(volumes=True)

@@ -131,6 +131,14 @@ class Stack:
             raise RuntimeError(f"expected one {service} container, found {ids}")
         return ids[0]
 
+    def memory_mb(self, service: str) -> float:
+        """What `docker stats` says the service's container uses now, in MB."""
+        usage = docker("stats", "--no-stream", "--format", "{{.MemUsage}}", self.container(service))
+        amount = usage.stdout.split("/")[0].strip()
+        number = float(amount.rstrip("KMGiB"))
+        scale = {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}[amount[len(amount.rstrip("KMGiB")) :]]
+        return number * scale * 1.048576  # MiB -> MB
+
     def health(self, service: str) -> str:
         state = json.loads(
             docker("inspect", "-f", "{{json .State}}", self.container(service)).stdout
