@@ -92,3 +92,32 @@ def test_failure_inside_a_run_marks_it_failed(mlflow_server, client, experiment_
     run = only_run(client, experiment_name)
     assert run.info.status == "FAILED"
     assert mlflow.active_run() is None
+
+
+def test_losing_the_race_to_create_the_experiment_still_runs_in_it(
+    mlflow_server, client, experiment_name, monkeypatch
+):
+    """Trainings started at once into a new experiment: the one whose create loses the race
+    (another process created the experiment between its lookup and its create) must still log
+    its run into that experiment, not into Default. The other process is a second client of
+    the real server, creating the experiment just after this one's lookup found nothing."""
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+    from iris_mlflow import tracking
+
+    lookup = TrackingServiceClient.get_experiment_by_name
+
+    def lookup_then_lose_the_race(self, name):
+        found = lookup(self, name)
+        if found is None and name == experiment_name:
+            client.create_experiment(name)
+        return found
+
+    monkeypatch.setattr(TrackingServiceClient, "get_experiment_by_name", lookup_then_lose_the_race)
+    experiment_id = tracking.configure(mlflow_server, experiment_name)
+    monkeypatch.undo()
+    with mlflow.start_run() as run:
+        pass
+
+    assert experiment_id == client.get_experiment_by_name(experiment_name).experiment_id
+    assert run.info.experiment_id == experiment_id

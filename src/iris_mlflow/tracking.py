@@ -49,6 +49,10 @@ def configure(tracking_uri: str | None = None, experiment_name: str | None = Non
     check_server(uri)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.set_experiment(resolve_experiment(experiment_name))
+    # When another process creates the experiment between set_experiment's lookup and its
+    # create, MLflow returns the experiment without making it active, and the run would land
+    # in Default (seen with eight trainings at once into a new experiment). By id, it is.
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
     return experiment.experiment_id
 
 

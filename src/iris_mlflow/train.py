@@ -140,7 +140,7 @@ def train(
 
     run = None
     try:
-        with mlflow.start_run(run_name=run_name) as run:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
             result = _train_in_run(config, progress)
     except Exception as error:
         # With the server gone, MLflow cannot mark the run FAILED either: remember it, so the
