@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv requirements lint format test test-fast screenshots up down logs base-image bench clean
+.PHONY: help venv requirements lint format test test-fast screenshots up down logs base-image bench clean team-up team-down user
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -68,3 +68,15 @@ bench: venv ## Benchmarks into docs/benchmarks.md (5 runs each, BENCH_ARGS=--smo
 clean: ## Remove caches and local run stores (not the Docker volumes)
 	rm -rf .pytest_cache .ruff_cache mlflow.db mlruns src/mlflow.db
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+TEAM_COMPOSE := $(COMPOSE) -f docker-compose.yml -f docker-compose.team.yml
+
+team-up: ## Build and start the team profile (sign-in, PostgreSQL, object store, 2 tracking servers); secrets from .env
+	$(TEAM_COMPOSE) up --build --wait
+
+team-down: ## Stop the team profile; its volumes (runs, models, users, backups) are kept
+	$(TEAM_COMPOSE) down
+
+user: ## Team profile: add a user or change one: make user NAME=alice PERMISSION=READ|EDIT|MANAGE (asks the password)
+	@test -n "$(NAME)" || { echo "usage: make user NAME=<name> PERMISSION=READ|EDIT|MANAGE"; exit 2; }
+	$(TEAM_COMPOSE) run --rm --no-deps users user "$(NAME)" "$(or $(PERMISSION),READ)"

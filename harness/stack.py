@@ -20,6 +20,9 @@ from harness.processes import free_port, wait_until
 
 PROJECT_PREFIX = "iristest"
 SERVICES = ("mlflow", "jupyter")
+#: The team profile: layered over docker-compose.yml, its projects under a prefix of their own.
+TEAM_OVERRIDES = ("docker-compose.team.yml",)
+TEAM_PREFIX = "iristeam"
 
 
 #: What the README tells users to type. (docker-compose 1.29 only validates the file, in CI.)
@@ -42,15 +45,14 @@ def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.C
     return done
 
 
-def remove_leftover_projects() -> None:
-    """Containers, networks and volumes of earlier test sessions that did not clean up."""
+def remove_leftover_projects(prefix: str = PROJECT_PREFIX) -> None:
+    """Containers, networks and volumes of earlier test sessions that did not clean up: the
+    compose projects whose name starts with ``prefix``."""
     label = "label=com.docker.compose.project"
     rows = docker(
         "ps", "-a", "--filter", label, "--format", '{{.ID}} {{.Label "com.docker.compose.project"}}'
     ).stdout
-    stale = [
-        line.split()[0] for line in rows.splitlines() if line.split()[1].startswith(PROJECT_PREFIX)
-    ]
+    stale = [line.split()[0] for line in rows.splitlines() if line.split()[1].startswith(prefix)]
     if stale:
         docker("rm", "-f", "-v", *stale)
     for kind in ("network", "volume"):
@@ -59,8 +61,38 @@ def remove_leftover_projects() -> None:
             project = docker(
                 kind, "inspect", "-f", '{{index .Labels "com.docker.compose.project"}}', name
             ).stdout
-            if project.strip().startswith(PROJECT_PREFIX):
+            if project.strip().startswith(prefix):
                 docker(kind, "rm", name, check=False)
+
+
+def container_memory_mb(container: str) -> float:
+    """What `docker stats` says a container uses now, in MB."""
+    usage = docker("stats", "--no-stream", "--format", "{{.MemUsage}}", container)
+    amount = usage.stdout.split("/")[0].strip()
+    number = float(amount.rstrip("KMGiB"))
+    scale = {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}[amount[len(amount.rstrip("KMGiB")) :]]
+    return number * scale * 1.048576  # MiB -> MB
+
+
+def team_secrets() -> dict[str, str]:
+    """Every secret the team profile requires, fresh for each stack (what a user puts in .env)."""
+    return {
+        "POSTGRES_PASSWORD": f"pg '{uuid.uuid4().hex}\"",  # quotes and a space: never in a URI
+        "OBJECT_STORE_SECRET_KEY": uuid.uuid4().hex,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex,
+        "MLFLOW_AUTH_ADMIN_PASSWORD": f"admin-{uuid.uuid4().hex}",
+        "TEAM_EDITOR_PASSWORD": f"editor-{uuid.uuid4().hex}",
+        "TEAM_READER_PASSWORD": f"reader-{uuid.uuid4().hex}",
+    }
+
+
+def new_team_stack(**env: str) -> Stack:
+    """A team-profile stack (not started) with fresh secrets; ``env`` overrides any setting."""
+    return Stack(
+        project=f"{TEAM_PREFIX}{uuid.uuid4().hex[:8]}",
+        overrides=TEAM_OVERRIDES,
+        extra_env={**team_secrets(), **env},
+    )
 
 
 @dataclass
@@ -131,13 +163,13 @@ class Stack:
             raise RuntimeError(f"expected one {service} container, found {ids}")
         return ids[0]
 
+    def containers(self, service: str) -> list[str]:
+        """Every container of a service, running or exited (a replicated one has several)."""
+        return self.compose("ps", "-a", "-q", service).stdout.split()
+
     def memory_mb(self, service: str) -> float:
         """What `docker stats` says the service's container uses now, in MB."""
-        usage = docker("stats", "--no-stream", "--format", "{{.MemUsage}}", self.container(service))
-        amount = usage.stdout.split("/")[0].strip()
-        number = float(amount.rstrip("KMGiB"))
-        scale = {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}[amount[len(amount.rstrip("KMGiB")) :]]
-        return number * scale * 1.048576  # MiB -> MB
+        return container_memory_mb(self.container(service))
 
     def health(self, service: str) -> str:
         state = json.loads(
