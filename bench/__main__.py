@@ -24,6 +24,7 @@ BENCHMARKS = {
     "images": "image sizes against a plain pip install",
     "rebuild": "rebuild after poetry add, warm cache against cold",
     "runtimes": "runtimes for the logged model without TensorFlow: size, latency, parity",
+    "team": "team profile against the laptop stack: logging throughput, cold start, memory",
 }
 #: Not in --smoke runs: it installs four throwaway venvs (about 1.3 GB of downloads).
 NOT_SMOKED = {"runtimes"}

@@ -1,0 +1,213 @@
+"""The team profile against the laptop stack, side by side in one run (issue 10).
+
+- Logging throughput: 8 training clients at once, each logging trainings the way
+  ``iris-train`` does (a run, its parameters, one ``log-batch`` of four metrics per epoch, a
+  model file through the server's artifact proxy, the run closed), over MLflow's REST API from
+  the host; the team stack signed in as its editor user, through the load balancer to its two
+  tracking servers, PostgreSQL and the object store; the laptop stack to its one server,
+  SQLite and a volume. Every request must answer 200: failures are counted, not retried.
+- Cold start: `up --wait` with images built and volumes kept, until every service is healthy
+  (and the team's one-shot jobs have completed).
+- Memory at rest per container, 20 s after a start, from `docker stats`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from urllib.parse import urlsplit
+
+import requests
+
+from bench.common import Measure, timed
+from harness.stack import (
+    TEAM_PREFIX,
+    Stack,
+    container_memory_mb,
+    new_team_stack,
+    remove_leftover_projects,
+)
+
+LAPTOP = "laptop stack (SQLite, 1 server)"
+TEAM = "team stack (sign-in, PostgreSQL, S3, 2 servers)"
+CLIENTS = 8
+TRAININGS_PER_CLIENT = 3
+EPOCHS = 40
+#: About the size of the iris model's weights file.
+MODEL_FILE = b"\0" * 40_000
+API = "/api/2.0/mlflow"
+
+
+class Failures:
+    """Requests that did not answer 200, counted across the client threads."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: str | None = None
+        self._lock = threading.Lock()
+
+    def add(self, what: str) -> None:
+        with self._lock:
+            self.count += 1
+            self.first = self.first or what
+
+
+def logged_training(session: requests.Session, base: str, experiment_id: str, failures) -> int:
+    """One training's worth of tracking calls; returns the number of requests made."""
+
+    def call(method: str, path: str, **kwargs) -> dict:
+        try:
+            answer = session.request(method, f"{base}{path}", timeout=60, **kwargs)
+        except requests.RequestException as error:
+            failures.add(f"{method} {path}: {error}")
+            return {}
+        if answer.status_code != 200:
+            failures.add(f"{method} {path}: {answer.status_code} {answer.text[:200]}")
+            return {}
+        return answer.json() if answer.content else {}
+
+    now = int(time.time() * 1000)
+    created = call(
+        "POST", f"{API}/runs/create", json={"experiment_id": experiment_id, "start_time": now}
+    )
+    if not created:
+        return 1
+    info = created["run"]["info"]
+    run_id = info["run_id"]
+    params = [{"key": k, "value": v} for k, v in (("epochs", str(EPOCHS)), ("seed", "42"))]
+    call("POST", f"{API}/runs/log-batch", json={"run_id": run_id, "params": params})
+    for epoch in range(EPOCHS):
+        stamp = int(time.time() * 1000)
+        metrics = [
+            {"key": key, "value": 1.0 / (epoch + 1), "timestamp": stamp, "step": epoch}
+            for key in ("loss", "accuracy", "val_loss", "val_accuracy")
+        ]
+        call("POST", f"{API}/runs/log-batch", json={"run_id": run_id, "metrics": metrics})
+    artifacts = urlsplit(info["artifact_uri"]).path.lstrip("/")
+    call(
+        "PUT",
+        f"/api/2.0/mlflow-artifacts/artifacts/{artifacts}/model/model.weights.bin",
+        data=MODEL_FILE,
+    )
+    call(
+        "POST",
+        f"{API}/runs/update",
+        json={"run_id": run_id, "status": "FINISHED", "end_time": int(time.time() * 1000)},
+    )
+    return EPOCHS + 4
+
+
+def logging_throughput(base: str, auth: tuple[str, str] | None) -> tuple[float, Failures]:
+    """Requests per second of CLIENTS clients each logging TRAININGS_PER_CLIENT trainings."""
+    failures = Failures()
+    with requests.Session() as setup:
+        setup.auth = auth
+        created = setup.post(
+            f"{base}{API}/experiments/create",
+            json={"name": f"bench-{uuid.uuid4().hex[:8]}"},
+            timeout=60,
+        )
+        created.raise_for_status()
+        experiment_id = created.json()["experiment_id"]
+    counts = [0] * CLIENTS
+
+    def client(index: int) -> None:
+        with requests.Session() as session:
+            session.auth = auth
+            for _ in range(TRAININGS_PER_CLIENT):
+                counts[index] += logged_training(session, base, experiment_id, failures)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - start), failures
+
+
+def cold_start_seconds(stack: Stack) -> float:
+    """`down` (volumes kept), then `up --wait` until every service is healthy."""
+    stack.down()
+    return timed(lambda: stack.up(timeout=900))
+
+
+def memory_at_rest(stack: Stack, label: str, memory: Measure) -> None:
+    time.sleep(20)
+    running = stack.compose("ps", "--format", "{{.Service}} {{.ID}}").stdout.splitlines()
+    for line in sorted(running):
+        service, container = line.split()
+        memory.add(f"{label}: {service}", container_memory_mb(container))
+
+
+def measure(runs: int) -> list[Measure]:
+    throughput = Measure(
+        name="team_logging_throughput",
+        title=f"Team vs laptop: logging throughput of {CLIENTS} training clients at once",
+        unit="req/s",
+        target="team at least 0.9x the laptop stack, 0 failed requests",
+        baseline=LAPTOP,
+    )
+    cold = Measure(
+        name="team_cold_start",
+        title="Team vs laptop: cold start, `up --wait` with images built until all healthy",
+        unit="s",
+        target="team stack at most 30 s",
+        baseline=LAPTOP,
+    )
+    memory = Measure(
+        name="team_memory_at_rest",
+        title="Team vs laptop: memory at rest per container, 20 s after start",
+        unit="MB",
+        target="reported",
+        baseline=None,
+    )
+    remove_leftover_projects()
+    remove_leftover_projects(TEAM_PREFIX)
+    laptop, team = Stack(), new_team_stack()
+    editor = ("notebook", team.extra_env["TEAM_EDITOR_PASSWORD"])
+    failed = {LAPTOP: 0, TEAM: 0}
+    first_failure: dict[str, str | None] = {LAPTOP: None, TEAM: None}
+    try:
+        laptop.up(build=True, timeout=3000)
+        team.up(build=True, timeout=3000)
+        for label, stack in ((LAPTOP, laptop), (TEAM, team)):
+            memory_at_rest(stack, label, memory)
+        for _ in range(runs):
+            for label, stack, auth in ((LAPTOP, laptop, None), (TEAM, team, editor)):
+                rate, failures = logging_throughput(stack.mlflow_url, auth)
+                throughput.add(label, rate)
+                failed[label] += failures.count
+                first_failure[label] = first_failure[label] or failures.first
+            cold.add(LAPTOP, cold_start_seconds(laptop))
+            cold.add(TEAM, cold_start_seconds(team))
+    finally:
+        laptop.down(volumes=True)
+        team.down(volumes=True)
+    throughput.extra["failed requests"] = ", ".join(f"{k}: {v}" for k, v in failed.items())
+    for label, what in first_failure.items():
+        if what:
+            throughput.extra[f"first failure, {label}"] = what
+    throughput.target_met = (
+        throughput.ratio(TEAM) is not None
+        and throughput.ratio(TEAM) >= 0.9
+        and not any(failed.values())
+    )
+    throughput.notes.append(
+        f"Each client logs {TRAININGS_PER_CLIENT} trainings of {EPOCHS} epochs: a run, its "
+        "parameters, one `log-batch` of four metrics per epoch, a 40 kB model file through the "
+        "artifact proxy, the run closed. Clients are threads of one process on the same host "
+        "(and the same 2 cores) as the stacks; requests/s counts every call."
+    )
+    cold.target_met = cold.median(TEAM) <= 30
+    cold.notes.append(
+        "Images built, volumes kept, containers new. The team stack's chain: PostgreSQL and the "
+        "object store healthy, the backup and migration jobs, the bucket job, two tracking "
+        "servers healthy, the load balancer healthy, the users job, then jupyter and the "
+        "model server healthy."
+    )
+    memory.notes.append(
+        "One reading per container, from `docker stats`, 20 s after the first start."
+    )
+    return [throughput, cold, memory]
