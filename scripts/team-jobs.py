@@ -17,23 +17,21 @@ gets MANAGE on it. Settings come from the environment the compose file gives eac
 error is one line on stderr and a non-zero exit; no secret is ever printed.
 """
 
-# Each job imports only what it uses (the image's MLflow, boto3, SQLAlchemy), at its start.
+# Each job imports only what it uses (the image's MLflow, boto3, SQLAlchemy, requests), at its
+# start: every `up` waits for these jobs.
 # ruff: noqa: PLC0415
 
 from __future__ import annotations
 
 import getpass
 import os
-import subprocess
 import sys
 import time
 import warnings
 
 # MLflow's server warns, on import, that a module of its web framework is deprecated: noise in
-# a job's log (this process and the MLflow commands it runs).
-QUIET = "ignore:starlette.middleware.wsgi is deprecated"
+# a job's log.
 warnings.filterwarnings("ignore", message="starlette.middleware.wsgi is deprecated")
-os.environ["PYTHONWARNINGS"] = QUIET
 
 PERMISSIONS = ("READ", "EDIT", "MANAGE")
 
@@ -130,16 +128,6 @@ def check_database(uri: str) -> None:
             time.sleep(1)
 
 
-def run(*command: str) -> None:
-    done = subprocess.run(
-        command, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    sys.stderr.write(done.stdout)
-    if done.returncode != 0:
-        last = done.stdout.strip().splitlines()[-1:] or ["no output"]
-        raise JobError(f"{' '.join(command[:3])} ... failed (exit {done.returncode}): {last[0]}")
-
-
 def migrate() -> None:
     tracking = setting("MLFLOW_BACKEND_STORE_URI")
     auth = setting("MLFLOW_AUTH_DATABASE_URI")
@@ -147,13 +135,16 @@ def migrate() -> None:
     password = setting("MLFLOW_AUTH_ADMIN_PASSWORD")
     for uri in (tracking, auth):
         check_database(uri)
-    run("mlflow", "db", "upgrade", tracking)
-    run(sys.executable, "-m", "mlflow.server.auth", "db", "upgrade", "--url", auth)
-    # .env holds the admin's password: created with it, or set to it if it was changed.
+    # Both in this process: each `mlflow` command would import MLflow again (seconds each, on
+    # the path of every `up`). `mlflow db upgrade` is this function; the sign-in store's
+    # init_db upgrades its schema as `python -m mlflow.server.auth db upgrade` does.
+    from mlflow.db import upgrade
     from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
 
+    upgrade.callback(tracking)
     store = SqlAlchemyStore()
     store.init_db(auth)
+    # .env holds the admin's password: created with it, or set to it if it was changed.
     try:
         if not store.has_user(admin, use_primary=True):
             store.create_user(admin, password, is_admin=True)
@@ -169,75 +160,142 @@ def migrate() -> None:
 # --- users ------------------------------------------------------------------------------------
 
 
-def admin_clients():
-    """An MLflow client and the sign-in app's client, signed in as the admin."""
-    os.environ["MLFLOW_TRACKING_USERNAME"] = os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME") or "admin"
-    os.environ["MLFLOW_TRACKING_PASSWORD"] = setting("MLFLOW_AUTH_ADMIN_PASSWORD")
-    from mlflow import MlflowClient
-    from mlflow.server.auth.client import AuthServiceClient
+class AdminApi:
+    """The tracking server's REST API, signed in as the admin, over plain HTTP: importing
+    MLflow's clients would cost this job seconds on the path of every `up`."""
 
-    uri = setting("MLFLOW_TRACKING_URI")
-    return MlflowClient(tracking_uri=uri), AuthServiceClient(uri)
+    #: Answers worth asking again: a tracking server restarting behind the load balancer.
+    TRANSIENT = (502, 503, 504)
+
+    def __init__(self) -> None:
+        import requests
+
+        self.requests = requests
+        self.uri = setting("MLFLOW_TRACKING_URI").rstrip("/")
+        self.session = requests.Session()
+        self.session.auth = (
+            os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME") or "admin",
+            setting("MLFLOW_AUTH_ADMIN_PASSWORD"),
+        )
+
+    def call(self, method: str, path: str, *, accept: tuple[str, ...] = (), **kwargs) -> dict:
+        """The answer's JSON; an MLflow error whose code is in ``accept`` is returned too,
+        any other one is a JobError."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                answer = self.session.request(method, self.uri + path, timeout=30, **kwargs)
+            except self.requests.RequestException as error:
+                if time.monotonic() > deadline:
+                    raise JobError(
+                        f"cannot reach the tracking server at {self.uri}: {error}"
+                    ) from None
+            else:
+                if answer.status_code not in self.TRANSIENT or time.monotonic() > deadline:
+                    break
+            time.sleep(1)
+        try:
+            body = answer.json() if answer.content else {}
+        except ValueError:
+            body = {"message": answer.text[:200]}
+        if answer.ok or body.get("error_code") in accept:
+            return body
+        what = body.get("message") or answer.reason
+        if answer.status_code == 401:
+            what += " (wrong MLFLOW_AUTH_ADMIN_PASSWORD?)"
+        raise JobError(f"{method} {path}: {answer.status_code} {what}")
 
 
-def shared_resources(client) -> list[tuple[str, str]]:
+def shared_resources(api: AdminApi) -> list[tuple[str, str]]:
     """The shared experiment and registered model, made by the admin if they do not exist."""
-    from mlflow.exceptions import MlflowException
-
     experiment_name = setting("MLFLOW_EXPERIMENT_NAME")
     model_name = setting("TEAM_REGISTERED_MODEL")
-    experiment = client.get_experiment_by_name(experiment_name)
-    experiment_id = (
-        experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+    found = api.call(
+        "GET",
+        "/api/2.0/mlflow/experiments/get-by-name",
+        params={"experiment_name": experiment_name},
+        accept=("RESOURCE_DOES_NOT_EXIST",),
     )
-    try:
-        client.create_registered_model(model_name)
+    if "experiment" in found:
+        experiment_id = found["experiment"]["experiment_id"]
+    else:
+        made = api.call(
+            "POST",
+            "/api/2.0/mlflow/experiments/create",
+            json={"name": experiment_name},
+            accept=("RESOURCE_ALREADY_EXISTS",),  # made by a racing job in between
+        )
+        experiment_id = (
+            made.get("experiment_id")
+            or api.call(
+                "GET",
+                "/api/2.0/mlflow/experiments/get-by-name",
+                params={"experiment_name": experiment_name},
+            )["experiment"]["experiment_id"]
+        )
+    made = api.call(
+        "POST",
+        "/api/2.0/mlflow/registered-models/create",
+        json={"name": model_name},
+        accept=("RESOURCE_ALREADY_EXISTS",),
+    )
+    if "registered_model" in made:
         say(f"created the registered model {model_name}")
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
     return [("experiment", experiment_id), ("registered_model", model_name)]
 
 
-def ensure_user(auth, resources, name: str, password: str, permission: str) -> None:
+def ensure_user(api: AdminApi, resources, name: str, password: str, permission: str) -> None:
     """Create the user, or give it this password; then exactly this permission on the shared
     resources (READ: no grant, the default applies)."""
-    from mlflow.exceptions import MlflowException, RestException
-
     if permission not in PERMISSIONS:
         raise JobError(f"permission {permission!r}: must be one of {', '.join(PERMISSIONS)}")
-    try:
-        auth.get_user(name)
-        auth.update_user_password(name, password)
+    found = api.call(
+        "GET",
+        "/api/2.0/mlflow/users/get",
+        params={"username": name},
+        accept=("RESOURCE_DOES_NOT_EXIST",),
+    )
+    if "user" in found:
+        api.call(
+            "PATCH",
+            "/api/2.0/mlflow/users/update-password",
+            json={"username": name, "password": password},
+        )
         action = "updated"
-    except RestException as error:
-        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-        auth.create_user(name, password)
+    else:
+        api.call(
+            "POST", "/api/2.0/mlflow/users/create", json={"username": name, "password": password}
+        )
         action = "created"
     for kind, resource in resources:
-        try:
-            auth.revoke_user_permission(name, kind, resource)
-        except MlflowException as error:
-            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
+        grant = {"username": name, "resource_type": kind, "resource_id": resource}
+        api.call(
+            "POST",
+            "/api/3.0/mlflow/users/permissions/revoke",
+            json=grant,
+            accept=("RESOURCE_DOES_NOT_EXIST",),
+        )
         if permission != "READ":
-            auth.grant_user_permission(name, kind, resource, permission)
+            api.call(
+                "POST",
+                "/api/3.0/mlflow/users/permissions/grant",
+                json={**grant, "permission": permission},
+            )
     say(f"{action} user {name}: {permission}")
 
 
 def users() -> None:
-    client, auth = admin_clients()
-    resources = shared_resources(client)
+    api = AdminApi()
+    resources = shared_resources(api)
     ensure_user(
-        auth,
+        api,
         resources,
         setting("TEAM_EDITOR_USERNAME"),
         setting("TEAM_EDITOR_PASSWORD"),
         "EDIT",
     )
     ensure_user(
-        auth,
+        api,
         resources,
         setting("TEAM_READER_USERNAME"),
         setting("TEAM_READER_PASSWORD"),
@@ -256,8 +314,8 @@ def user(name: str, permission: str) -> None:
         password = getpass.getpass(f"password for {name} (12 characters or more): ")
         if getpass.getpass("again: ") != password:
             raise JobError("the two passwords differ")
-    client, auth = admin_clients()
-    ensure_user(auth, shared_resources(client), name, password, permission)
+    api = AdminApi()
+    ensure_user(api, shared_resources(api), name, password, permission)
 
 
 JOBS = {"bucket": bucket, "migrate": migrate, "users": users, "user": user}
