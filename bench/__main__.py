@@ -14,7 +14,7 @@ import shutil
 import sys
 import time
 
-from bench.common import REPORT, RESULTS, render_report
+from bench.common import REPORT, RESULTS, context, render_report
 
 #: module name -> what it measures; each module has measure(runs) -> list[Measure]
 BENCHMARKS = {
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1:
         parser.error("--runs must be at least 1")
 
+    context()  # the commit and date of the code about to run
     selected = args.only or [b for b in BENCHMARKS if not (args.smoke and b in NOT_SMOKED)]
     if not args.only and RESULTS.exists():
         shutil.rmtree(RESULTS)  # a full run replaces every figure; --only keeps the others

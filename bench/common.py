@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -79,8 +80,11 @@ def run(cmd: list[str], timeout: float = 1800, **kwargs) -> subprocess.Completed
     return done
 
 
+@functools.cache
 def context() -> dict[str, object]:
-    """When, where and on what code a result was measured."""
+    """When, where and on what code a result was measured: read once, when the benchmarks
+    start (python -m bench calls it first), so a file edited during a long run does not mark
+    the figures of the code that ran as dirty."""
     try:
         commit = run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT).stdout.strip()
         dirty = bool(

@@ -109,6 +109,42 @@ def assert_complete_run(client, run_id: str, epochs: int) -> None:
     assert models[0].name == "model"
 
 
+def assert_trainings_at_once_all_arrive(stack, client, trainings: int, epochs: int) -> None:
+    """`iris-train` this many times at once in the stack's jupyter container, into one new
+    experiment and registered model: every run arrives whole, one version each, and the
+    champion is the rightful one whatever order the registrations finished in."""
+    import uuid
+
+    from iris_mlflow.names import CHAMPION
+
+    name = f"concurrent-{uuid.uuid4().hex[:8]}"
+    started = [
+        stack.start_training(name, "--epochs", str(epochs), "--registered-model", name)
+        for _ in range(trainings)
+    ]
+    outcomes = [training.communicate(timeout=900) for training in started]
+    for training, (_out, err) in zip(started, outcomes, strict=True):
+        assert training.returncode == 0, err[-2000:]
+
+    experiment = client.get_experiment_by_name(name)
+    runs = {run.info.run_id: run for run in client.search_runs([experiment.experiment_id])}
+    assert len(runs) == trainings
+    for run in runs.values():
+        assert run.info.status == "FINISHED"
+        for metric in PER_EPOCH_METRICS:
+            history = client.get_metric_history(run.info.run_id, metric)
+            assert sorted(point.step for point in history) == list(range(epochs)), metric
+
+    versions = client.search_model_versions(f"name = '{name}'")
+    assert len(versions) == trainings
+    # The accuracy each version was registered with, read from its run, not from the tags.
+    accuracy = {v.version: runs[v.run_id].data.metrics["test_accuracy"] for v in versions}
+    rightful = max(accuracy, key=lambda version: (accuracy[version], int(version)))
+    assert client.get_model_version_by_alias(name, CHAMPION).version == rightful
+    decisions = [v.tags["decision"] for v in versions]
+    assert decisions.count("first champion") == 1, decisions
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """With IRIS_FAIL_ON_SKIP=1 (CI sets it), a skipped test fails the run.
 

@@ -13,8 +13,10 @@ import pytest
 
 from harness.processes import wait_until
 from harness.stack import docker, engine_available
-from iris_mlflow.names import CHAMPION
-from tests.conftest import PER_EPOCH_METRICS, assert_complete_run
+from tests.conftest import (
+    assert_complete_run,
+    assert_trainings_at_once_all_arrive,
+)
 
 pytestmark = [
     pytest.mark.docker,
@@ -29,33 +31,8 @@ EPOCHS = 20
 def test_eight_trainings_at_once_all_arrive_and_the_rightful_champion_wins(stack):
     from mlflow import MlflowClient
 
-    name = f"concurrent-{uuid.uuid4().hex[:8]}"
-    trainings = [
-        stack.start_training(name, "--epochs", str(EPOCHS), "--registered-model", name)
-        for _ in range(TRAININGS)
-    ]
-    outcomes = [training.communicate(timeout=900) for training in trainings]
-    for training, (_out, err) in zip(trainings, outcomes, strict=True):
-        assert training.returncode == 0, err[-2000:]
-
     client = MlflowClient(tracking_uri=stack.mlflow_url)
-    experiment = client.get_experiment_by_name(name)
-    runs = {run.info.run_id: run for run in client.search_runs([experiment.experiment_id])}
-    assert len(runs) == TRAININGS
-    for run in runs.values():
-        assert run.info.status == "FINISHED"
-        for metric in PER_EPOCH_METRICS:
-            history = client.get_metric_history(run.info.run_id, metric)
-            assert sorted(point.step for point in history) == list(range(EPOCHS)), metric
-
-    versions = client.search_model_versions(f"name = '{name}'")
-    assert len(versions) == TRAININGS
-    # The accuracy each version was registered with, read from its run, not from the tags.
-    accuracy = {v.version: runs[v.run_id].data.metrics["test_accuracy"] for v in versions}
-    rightful = max(accuracy, key=lambda version: (accuracy[version], int(version)))
-    assert client.get_model_version_by_alias(name, CHAMPION).version == rightful
-    decisions = [v.tags["decision"] for v in versions]
-    assert decisions.count("first champion") == 1, decisions
+    assert_trainings_at_once_all_arrive(stack, client, TRAININGS, EPOCHS)
 
 
 @pytest.mark.parametrize("fault", ["restart", "kill"])

@@ -24,7 +24,12 @@ from harness.stack import (
     new_team_stack,
     remove_leftover_projects,
 )
-from tests.conftest import PER_EPOCH_METRICS, assert_complete_run, only_run
+from tests.conftest import (
+    PER_EPOCH_METRICS,
+    assert_complete_run,
+    assert_trainings_at_once_all_arrive,
+    only_run,
+)
 
 pytestmark = [
     pytest.mark.docker,
@@ -374,6 +379,16 @@ def test_make_user_adds_a_reader_then_an_editor_of_the_shared_experiment_and_mod
             client.delete_model_version(MODEL, version.version)
     with signed_in(ADMIN, password(team_stack, ADMIN)):
         client.delete_registered_model_alias(MODEL, name)
+
+
+# --- a team training at once -----------------------------------------------------------------
+
+
+def test_eight_trainings_at_once_all_arrive_and_the_rightful_champion_wins(team_stack):
+    """What the laptop stack's test asks, through the load balancer, two servers and the
+    database pools (a first run of the benchmark lost trainings to an exhausted pool)."""
+    with signed_in(EDITOR, password(team_stack, EDITOR)):
+        assert_trainings_at_once_all_arrive(team_stack, client_of(team_stack), 8, 20)
 
 
 # --- faults during a training -----------------------------------------------------------------
