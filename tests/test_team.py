@@ -441,6 +441,19 @@ def test_a_training_survives_a_killed_tracking_server_then_a_postgres_restart(te
     team_stack.compose("up", "-d", "--wait", "--no-deps", "tracking")  # back to two
     trackers = team_stack.containers("tracking")
     assert all(state(c)["Health"]["Status"] == "healthy" for c in trackers)
+    # Stopped and started again (a daemon restart does this), a server comes back: Docker
+    # remounts its tmpfs, which must still be the server's to write the sign-in ini into.
+    for service in ("tracking", "object-store"):
+        container = team_stack.containers(service)[0]
+        docker("restart", container, timeout=120)
+        wait_until(
+            lambda container=container: (
+                state(container).get("Health", {}).get("Status") == "healthy"
+            ),
+            120,
+            f"{service} healthy after a restart",
+            interval=1,
+        )
 
 
 # --- persistence ------------------------------------------------------------------------------
