@@ -171,6 +171,32 @@ class Stack:
         """What `docker stats` says the service's container uses now, in MB."""
         return container_memory_mb(self.container(service))
 
+    def artifact_checksums(
+        self, roots: list[str], auth: tuple[str, str] | None = None
+    ) -> dict[str, str]:
+        """sha256 of every file under these artifact paths, fetched through the tracking
+        server's artifact proxy (signed in with ``auth`` on the team stack)."""
+        import hashlib
+
+        import requests
+
+        api = f"{self.mlflow_url}/api/2.0/mlflow-artifacts/artifacts"
+        sums: dict[str, str] = {}
+        pending = list(roots)
+        while pending:
+            path = pending.pop()
+            listing = requests.get(api, params={"path": path}, auth=auth, timeout=30)
+            listing.raise_for_status()
+            for entry in listing.json().get("files", []):
+                child = f"{path}/{entry['path']}"
+                if entry["is_dir"]:
+                    pending.append(child)
+                else:
+                    body = requests.get(f"{api}/{child}", auth=auth, timeout=30)
+                    body.raise_for_status()
+                    sums[child] = hashlib.sha256(body.content).hexdigest()
+        return sums
+
     def health(self, service: str) -> str:
         state = json.loads(
             docker("inspect", "-f", "{{json .State}}", self.container(service)).stdout

@@ -3,7 +3,6 @@ back from the host, check what is exposed, and find everything again after resta
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -62,22 +61,7 @@ def artifact_checksums(stack: Stack, client, run) -> dict[str, str]:
         f"{run.info.experiment_id}/{run.info.run_id}/artifacts",
         *(f"{run.info.experiment_id}/models/{m.model_id}/artifacts" for m in models),
     ]
-    api = f"{stack.mlflow_url}/api/2.0/mlflow-artifacts/artifacts"
-    sums: dict[str, str] = {}
-    pending = list(roots)
-    while pending:
-        path = pending.pop()
-        listing = requests.get(api, params={"path": path}, timeout=30)
-        listing.raise_for_status()
-        for entry in listing.json().get("files", []):
-            child = f"{path}/{entry['path']}"
-            if entry["is_dir"]:
-                pending.append(child)
-            else:
-                body = requests.get(f"{api}/{child}", timeout=30)
-                body.raise_for_status()
-                sums[child] = hashlib.sha256(body.content).hexdigest()
-    return sums
+    return stack.artifact_checksums(roots)
 
 
 def snapshot(stack: Stack, client, run) -> dict:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import time
@@ -126,25 +125,6 @@ def model_of(client, run):
     return model
 
 
-def proxy_checksums(stack: Stack, auth: tuple[str, str], roots: list[str]) -> dict[str, str]:
-    """sha256 of every file under these artifact paths, through the servers' artifact proxy."""
-    api = f"{stack.mlflow_url}/api/2.0/mlflow-artifacts/artifacts"
-    sums, pending = {}, list(roots)
-    while pending:
-        path = pending.pop()
-        listing = requests.get(api, params={"path": path}, auth=auth, timeout=30)
-        listing.raise_for_status()
-        for entry in listing.json().get("files", []):
-            child = f"{path}/{entry['path']}"
-            if entry["is_dir"]:
-                pending.append(child)
-            else:
-                body = requests.get(f"{api}/{child}", auth=auth, timeout=30)
-                body.raise_for_status()
-                sums[child] = hashlib.sha256(body.content).hexdigest()
-    return sums
-
-
 #: Run in the `bucket` job's container (the MLflow image, on the compose network, with the
 #: object store's address and keys): sha256 of every object under a prefix, as JSON.
 BUCKET_LISTING = """
@@ -188,7 +168,7 @@ def snapshot(stack: Stack, run) -> dict:
         "params": fresh.data.params,
         "metrics": fresh.data.metrics,
         "histories": histories,
-        "artifacts": proxy_checksums(stack, (EDITOR, password(stack, EDITOR)), roots),
+        "artifacts": stack.artifact_checksums(roots, (EDITOR, password(stack, EDITOR))),
     }
 
 
@@ -282,7 +262,7 @@ def test_model_files_are_objects_in_the_bucket(team_stack, notebook_run):
     with signed_in(EDITOR, password(team_stack, EDITOR)):
         model = model_of(client_of(team_stack), notebook_run)
     root = f"{notebook_run.info.experiment_id}/models/{model.model_id}/artifacts"
-    served = proxy_checksums(team_stack, (EDITOR, password(team_stack, EDITOR)), [root])
+    served = team_stack.artifact_checksums([root], (EDITOR, password(team_stack, EDITOR)))
     stored = bucket_checksums(team_stack, f"artifacts/{root}/")
     assert served, "the model has no files"
     assert any(path.endswith("MLmodel") for path in served)
