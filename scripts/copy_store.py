@@ -26,6 +26,8 @@ the target (reachable, credentials accepted) happens before anything is written.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import sqlite3
@@ -40,7 +42,6 @@ from urllib.parse import unquote, urlparse
 warnings.filterwarnings("ignore")  # MLflow's import-time deprecation notes: noise in a job's log
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-logging.getLogger("mlflow").setLevel(logging.WARNING)  # a link per run, waits: the log says less
 
 #: Tags the copy adds to what it makes in the target.
 COPIED_FROM = "iris.copied_from"
@@ -319,7 +320,11 @@ class Copier:
         if new_outputs:
             self.target.log_outputs(target_run_id, new_outputs)
         if run.info.status != RunStatus.to_string(RunStatus.RUNNING):
-            self.target.set_terminated(target_run_id, run.info.status, end_time=run.info.end_time)
+            # MLflow prints two links per run here: the summary says what was copied.
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.target.set_terminated(
+                    target_run_id, run.info.status, end_time=run.info.end_time
+                )
         self.target.set_tag(target_run_id, COPY_COMPLETE, "true")
         self.counts.add("runs", new=True)
 
@@ -441,6 +446,8 @@ class Copier:
 def copy_store(store_db: Path, artifacts: Path, target_uri: str) -> Counts:
     from mlflow import MlflowClient
 
+    # MLflow sets its logger up on import: a link per run, a line per version; the summary says it.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     if not artifacts.is_dir():
         raise CopyError(f"{artifacts}: no such folder (the store's artifacts)")
     user = os.environ.get("MLFLOW_TRACKING_USERNAME") or os.environ.get(
