@@ -53,5 +53,5 @@ fi
 # The `users` job's service: the MLflow image on the team network, with the tracking server's
 # address (http://mlflow:5000) and the admin's credentials in its environment.
 exec docker compose -f docker-compose.yml -f docker-compose.team.yml run --rm --no-deps -T \
-    "${mounts[@]}" -v "$PWD/scripts/copy_store.py:/opt/team/copy_store.py:ro" \
+    "${mounts[@]}" -v "$PWD/scripts/copy_store.py:/opt/team/copy_store.py:ro" -e COPY_FROM="$from" \
     --entrypoint python users /opt/team/copy_store.py "$store" /source/artifacts

@@ -59,6 +59,11 @@ def say(message: str) -> None:
     print(f"copy-to-team: {message}", file=sys.stderr, flush=True)
 
 
+def name_of(store_db: Path) -> str:
+    """The store as the user named it (the copy may see it mounted elsewhere)."""
+    return os.environ.get("COPY_FROM") or str(store_db)
+
+
 # --- the source -------------------------------------------------------------------------------
 
 
@@ -66,7 +71,7 @@ def snapshot_store(store_db: Path, folder: Path) -> Path:
     """A consistent copy of the SQLite store (the server may be writing to it), checked to be
     an MLflow store and migrated to this MLflow's schema; the source itself is only read."""
     if not store_db.is_file():
-        raise CopyError(f"{store_db}: no such file (expected an MLflow store, mlflow.db)")
+        raise CopyError(f"{name_of(store_db)}: no such file (expected an MLflow store, mlflow.db)")
     copy = folder / "mlflow.db"
     try:
         source = sqlite3.connect(f"file:{store_db}?mode=ro", uri=True)
@@ -81,9 +86,9 @@ def snapshot_store(store_db: Path, folder: Path) -> Path:
                 else None
             )
     except sqlite3.DatabaseError as error:
-        raise CopyError(f"{store_db} is not an MLflow store: {error}") from None
+        raise CopyError(f"{name_of(store_db)} is not an MLflow store: {error}") from None
     if not revision or not {"experiments", "runs", "metrics"} <= tables:
-        raise CopyError(f"{store_db} is not an MLflow store: no MLflow tables in it")
+        raise CopyError(f"{name_of(store_db)} is not an MLflow store: no MLflow tables in it")
     from mlflow.store.db.utils import _get_latest_schema_revision
 
     if revision[0] != _get_latest_schema_revision():
@@ -97,7 +102,8 @@ def snapshot_store(store_db: Path, folder: Path) -> Path:
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise CopyError(
-                f"{store_db}: its schema {revision[0]} cannot be migrated to this MLflow's: {last}"
+                f"{name_of(store_db)}: its schema {revision[0]} cannot be migrated to this "
+                f"MLflow's: {last}"
             )
     return copy
 
@@ -490,7 +496,7 @@ def main(argv: list[str]) -> int:
     except Exception as error:  # MLflow's and the network's errors: one line, no traceback
         say(f"{type(error).__name__}: {one_line(error)}")
         return 1
-    print(f"copied {argv[0]} to {target}: {counts.summary()}", flush=True)
+    print(f"copied {name_of(Path(argv[0]))} to {target}: {counts.summary()}", flush=True)
     return 0
 
 
