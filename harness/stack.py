@@ -86,10 +86,12 @@ def team_secrets() -> dict[str, str]:
     }
 
 
-def new_team_stack(**env: str) -> Stack:
-    """A team-profile stack (not started) with fresh secrets; ``env`` overrides any setting."""
+def new_team_stack(prefix: str = TEAM_PREFIX, **env: str) -> Stack:
+    """A team-profile stack (not started) with fresh secrets; ``env`` overrides any setting.
+    ``prefix`` starts its project name (a test module that cleans up after itself by prefix
+    takes its own)."""
     return Stack(
-        project=f"{TEAM_PREFIX}{uuid.uuid4().hex[:8]}",
+        project=f"{prefix}{uuid.uuid4().hex[:8]}",
         overrides=TEAM_OVERRIDES,
         extra_env={**team_secrets(), **env},
     )

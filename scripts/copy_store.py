@@ -72,6 +72,8 @@ def snapshot_store(store_db: Path, folder: Path) -> Path:
     an MLflow store and migrated to this MLflow's schema; the source itself is only read."""
     if not store_db.is_file():
         raise CopyError(f"{name_of(store_db)}: no such file (expected an MLflow store, mlflow.db)")
+    if not os.access(store_db, os.R_OK):
+        raise CopyError(f"{name_of(store_db)}: cannot read it (the copy runs as UID {os.getuid()})")
     copy = folder / "mlflow.db"
     try:
         source = sqlite3.connect(f"file:{store_db}?mode=ro", uri=True)
