@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import time
@@ -24,6 +23,7 @@ from harness.stack import (
     new_team_stack,
     remove_leftover_projects,
 )
+from harness.stores import artifact_checksums
 from tests.conftest import PER_EPOCH_METRICS, assert_complete_run, only_run
 
 pytestmark = [
@@ -123,21 +123,7 @@ def model_of(client, run):
 
 def proxy_checksums(stack: Stack, auth: tuple[str, str], roots: list[str]) -> dict[str, str]:
     """sha256 of every file under these artifact paths, through the servers' artifact proxy."""
-    api = f"{stack.mlflow_url}/api/2.0/mlflow-artifacts/artifacts"
-    sums, pending = {}, list(roots)
-    while pending:
-        path = pending.pop()
-        listing = requests.get(api, params={"path": path}, auth=auth, timeout=30)
-        listing.raise_for_status()
-        for entry in listing.json().get("files", []):
-            child = f"{path}/{entry['path']}"
-            if entry["is_dir"]:
-                pending.append(child)
-            else:
-                body = requests.get(f"{api}/{child}", auth=auth, timeout=30)
-                body.raise_for_status()
-                sums[child] = hashlib.sha256(body.content).hexdigest()
-    return sums
+    return artifact_checksums(stack.mlflow_url, auth, roots)
 
 
 #: Run in the `bucket` job's container (the MLflow image, on the compose network, with the

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness import ROOT
+from harness import ROOT, stores
 from harness.processes import wait_until
 from harness.stack import (
     Stack,
@@ -32,7 +32,6 @@ from tests.test_team import (
     client_of,
     one_line_error,
     password,
-    proxy_checksums,
     signed_in,
 )
 
@@ -46,77 +45,10 @@ pytestmark = [
 PREFIX = "irisdevmig"
 EXPERIMENT = "iris-classifier"
 EPOCHS = 120
-#: What the copy adds to what it makes, and a tag the server keeps on a logged model (the
-#: versions registered from it: in the team stack, the copies).
-NOT_COMPARED = ("iris.copied_from", "iris.copy_complete", "mlflow.modelVersions")
-
-
-def compared(tags: dict[str, str]) -> dict[str, str]:
-    return {key: value for key, value in tags.items() if key not in NOT_COMPARED}
-
-
-def relative_checksums(stack: Stack, auth, root: str) -> dict[str, str]:
-    sums = proxy_checksums(stack, auth, [root])
-    return {path.removeprefix(f"{root}/"): digest for path, digest in sums.items()}
 
 
 def store_snapshot(stack: Stack, auth) -> dict:
-    """Everything of the experiment and the registered model, without the ids that a copy
-    changes: runs by name, files by path below their run or model, versions by number."""
-    client = client_of(stack)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    runs, names = {}, {}
-    for run in client.search_runs([experiment.experiment_id]):
-        run_id = run.info.run_id
-        names[run_id] = run.info.run_name
-        models = client.search_logged_models(
-            experiment_ids=[experiment.experiment_id], filter_string=f"source_run_id = '{run_id}'"
-        )
-        runs[run.info.run_name] = {
-            "status": run.info.status,
-            "times": (run.info.start_time, run.info.end_time),
-            "params": run.data.params,
-            "tags": compared(run.data.tags),
-            "histories": {
-                key: sorted(
-                    (m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key)
-                )
-                for key in run.data.metrics
-            },
-            "artifacts": relative_checksums(
-                stack, auth, f"{experiment.experiment_id}/{run_id}/artifacts"
-            ),
-            "models": {
-                model.name: {
-                    "status": str(model.status),
-                    "params": model.params,
-                    "tags": compared(model.tags),
-                    "metrics": sorted((m.key, m.step, m.timestamp, m.value) for m in model.metrics),
-                    "artifacts": relative_checksums(
-                        stack,
-                        auth,
-                        f"{experiment.experiment_id}/models/{model.model_id}/artifacts",
-                    ),
-                }
-                for model in models
-            },
-        }
-    assert len(runs) == len(names), "run names are not unique"
-    registered = client.get_registered_model(MODEL)
-    versions = {
-        version.version: {
-            "run": names.get(version.run_id),
-            "tags": compared(version.tags),
-            "status": version.status,
-        }
-        for version in client.search_model_versions(f"name = '{MODEL}'")
-    }
-    return {
-        "runs": runs,
-        "versions": versions,
-        "aliases": dict(registered.aliases),
-        "model tags": compared(registered.tags),
-    }
+    return stores.store_snapshot(stack.mlflow_url, auth, EXPERIMENT, MODEL)
 
 
 def team_snapshot(team: Stack) -> dict:
