@@ -67,9 +67,9 @@ def name_of(store_db: Path) -> str:
 # --- the source -------------------------------------------------------------------------------
 
 
-def snapshot_store(store_db: Path, folder: Path) -> Path:
+def snapshot_store(store_db: Path, folder: Path) -> tuple[Path, str]:
     """A consistent copy of the SQLite store (the server may be writing to it), checked to be
-    an MLflow store and migrated to this MLflow's schema; the source itself is only read."""
+    an MLflow store, and its schema revision; the source itself is only read."""
     if not store_db.is_file():
         raise CopyError(f"{name_of(store_db)}: no such file (expected an MLflow store, mlflow.db)")
     if not os.access(store_db, os.R_OK):
@@ -91,23 +91,27 @@ def snapshot_store(store_db: Path, folder: Path) -> Path:
         raise CopyError(f"{name_of(store_db)} is not an MLflow store: {error}") from None
     if not revision or not {"experiments", "runs", "metrics"} <= tables:
         raise CopyError(f"{name_of(store_db)} is not an MLflow store: no MLflow tables in it")
+    return copy, revision[0]
+
+
+def migrate_snapshot(store_db: Path, copy: Path, revision: str) -> None:
+    """A store made by an older MLflow: its snapshot is migrated, as the server would."""
     from mlflow.store.db.utils import _get_latest_schema_revision
 
-    if revision[0] != _get_latest_schema_revision():
-        # A store made by an older MLflow: its snapshot is migrated, as the server would.
-        done = subprocess.run(
-            [sys.executable, "-m", "mlflow", "db", "upgrade", f"sqlite:///{copy}"],
-            capture_output=True,
-            text=True,
-            check=False,
+    if revision == _get_latest_schema_revision():
+        return
+    done = subprocess.run(
+        [sys.executable, "-m", "mlflow", "db", "upgrade", f"sqlite:///{copy}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise CopyError(
+            f"{name_of(store_db)}: its schema {revision} cannot be migrated to this MLflow's: "
+            f"{last}"
         )
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise CopyError(
-                f"{name_of(store_db)}: its schema {revision[0]} cannot be migrated to this "
-                f"MLflow's: {last}"
-            )
-    return copy
 
 
 def local_artifacts(uri: str, experiment_location: str, root: Path) -> Path:
@@ -452,10 +456,6 @@ class Copier:
 
 
 def copy_store(store_db: Path, artifacts: Path, target_uri: str) -> Counts:
-    from mlflow import MlflowClient
-
-    # MLflow sets its logger up on import: a link per run, a line per version; the summary says it.
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
     if not artifacts.is_dir():
         raise CopyError(f"{artifacts}: no such folder (the store's artifacts)")
     user = os.environ.get("MLFLOW_TRACKING_USERNAME") or os.environ.get(
@@ -465,10 +465,16 @@ def copy_store(store_db: Path, artifacts: Path, target_uri: str) -> Counts:
         "MLFLOW_AUTH_ADMIN_PASSWORD", ""
     )
     with tempfile.TemporaryDirectory(prefix="copy-store-") as folder:
-        snapshot = snapshot_store(store_db, Path(folder))
+        # The quick checks first, before MLflow (seconds to import) is loaded.
+        snapshot, revision = snapshot_store(store_db, Path(folder))
+        check_target(target_uri, user, password)
+        from mlflow import MlflowClient
+
+        # MLflow sets its logger up on import: a link per run, a line per version.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        migrate_snapshot(store_db, snapshot, revision)
         source = MlflowClient(tracking_uri=f"sqlite:///{snapshot}")
         source.search_experiments(max_results=1)  # the schema is readable before any write
-        check_target(target_uri, user, password)
         os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = (
             user,
             password,
