@@ -89,7 +89,7 @@ team_files=(mlflow.dump mlflow_auth.dump bucket.tgz)
 # emptied and filled from one on stdin. Object keys are the archive's member names.
 bucket_job() {
     "${compose[@]}" run --rm --no-deps -T --entrypoint python bucket -c '
-import os, sys, tarfile
+import os, shutil, sys, tarfile, tempfile
 import boto3
 from botocore.config import Config
 s3 = boto3.client("s3", endpoint_url=os.environ["MLFLOW_S3_ENDPOINT_URL"],
@@ -112,7 +112,11 @@ else:
     with tarfile.open(fileobj=sys.stdin.buffer, mode="r|gz") as tar:
         for member in tar:
             if member.isfile():
-                s3.upload_fileobj(tar.extractfile(member), bucket, member.name)
+                # Through a file, as MLflow itself uploads: any size, nothing held in memory.
+                with tempfile.NamedTemporaryFile() as body:
+                    shutil.copyfileobj(tar.extractfile(member), body)
+                    body.flush()
+                    s3.upload_file(body.name, bucket, member.name)
                 count += 1
     print(f"restored {count} objects into the bucket {bucket}", file=sys.stderr)
 ' "$1"

@@ -143,7 +143,7 @@ def copied_runs(team: Stack) -> list:
 
 
 @pytest.fixture(scope="module")
-def copies(team, laptop):
+def copies(laptop, team):
     """The copy killed once it has started writing, then run again (completing it), then a
     third time; what each said and what the team stack held after each."""
     started = subprocess.Popen(
