@@ -32,7 +32,7 @@ root="${BACKUP_ROOT:-backups}"
 self="$0"
 
 usage() { echo "usage: $self [--team] backup [DIR] | [--team] restore DIR" >&2; exit 2; }
-fail() { echo "error: $*" >&2; exit "${2:-1}"; }
+fail() { echo "error: $1" >&2; exit "${2:-1}"; }
 
 team=""
 if [ "${1:-}" = "--team" ]; then team="--team"; shift; fi
