@@ -94,11 +94,12 @@ def laptop(request, leftovers_removed):
     stack = Stack(project=f"{PREFIX}{uuid.uuid4().hex[:8]}")
     try:
         stack.up(build=True, timeout=3000)
-        stack.train(EXPERIMENT, "--epochs", str(EPOCHS))
+        stack.train(EXPERIMENT, "--epochs", str(EPOCHS), "--run-name", "sixteen-units")
         # Worse: it becomes the challenger.
         stack.train(
-            EXPERIMENT, "--epochs", str(EPOCHS), "--hidden-units", "2", "--learning-rate", "0.001"
-        )
+            EXPERIMENT, "--epochs", str(EPOCHS), "--run-name", "two-units",
+            "--hidden-units", "2", "--learning-rate", "0.001",
+        )  # fmt: skip
         client = MlflowClient(tracking_uri=stack.mlflow_url)
         experiment = client.get_experiment_by_name(EXPERIMENT)
         failed = client.create_run(experiment.experiment_id, run_name="diverged").info.run_id
