@@ -268,7 +268,12 @@ class Copier:
 
         source_id = run.info.run_id
         existing = copied_runs.get(source_id)
-        if existing is not None and existing.data.tags.get(COPY_COMPLETE) == "true":
+        complete = (
+            existing is not None
+            and existing.data.tags.get(COPY_COMPLETE) == "true"
+            and all(model.model_id in copied_models for model in run_models)
+        )
+        if complete:
             self.runs[source_id] = existing
             for model in run_models:
                 self.models[model.model_id] = copied_models[model.model_id].model_id
