@@ -15,7 +15,7 @@
 # DIR/SHA256SUMS. Backup runs while the servers serve: each dump is one consistent snapshot of
 # its database, and the bucket is read after the dumps, so every artifact the dumped runs
 # had finished logging is in it (artifacts are written once). Restore stops the tracking
-# servers, recreates both databases from the dumps, empties the bucket and puts the objects
+# servers (and the load balancer), recreates both databases from the dumps, empties the bucket and puts the objects
 # back, then runs `up` again, whose jobs migrate the schemas if the backup is older and set
 # the passwords of .env again (admin, editor, reader; other users keep theirs).
 #
@@ -150,7 +150,9 @@ team_check() {
 
 team_restore() {
     local dir="$1" db
-    "${compose[@]}" stop tracking
+    # The load balancer too: left running without servers it turns unhealthy, and `up --wait`
+    # below would give up on it at once instead of waiting for it to start again.
+    "${compose[@]}" stop mlflow tracking
     for db in "${databases[@]}"; do
         # A fresh database, then the dump in one transaction, owned as it was (by the role
         # the servers use); every connection to the old one is closed first.
