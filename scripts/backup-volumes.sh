@@ -15,8 +15,8 @@
 # DIR/SHA256SUMS. Backup runs while the servers serve: each dump is one consistent snapshot of
 # its database, and the bucket is read after the dumps, so every artifact the dumped runs
 # had finished logging is in it (artifacts are written once). Restore stops the tracking
-# servers (and the load balancer), recreates both databases from the dumps, empties the bucket and puts the objects
-# back, then runs `up` again, whose jobs migrate the schemas if the backup is older and set
+# servers and the load balancer, recreates both databases from the dumps, empties the bucket,
+# puts the objects back, then runs `up` again, whose jobs migrate the schemas if the backup is older and set
 # the passwords of .env again (admin, editor, reader; other users keep theirs).
 #
 # Either restore first checks every file of DIR (a damaged or truncated one: one line, exit 2,
