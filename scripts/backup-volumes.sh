@@ -16,8 +16,8 @@
 # its database, and the bucket is read after the dumps, so every artifact the dumped runs
 # had finished logging is in it (artifacts are written once). Restore stops the tracking
 # servers and the load balancer, recreates both databases from the dumps, empties the bucket,
-# puts the objects back, then runs `up` again, whose jobs migrate the schemas if the backup is older and set
-# the passwords of .env again (admin, editor, reader; other users keep theirs).
+# puts the objects back, then runs `up` again, whose jobs migrate the schemas if the backup is
+# older and set the passwords of .env again (admin, editor, reader; other users keep theirs).
 #
 # Either restore first checks every file of DIR (a damaged or truncated one: one line, exit 2,
 # nothing changed), then backs up what is there now into $BACKUP_ROOT/before-restore-<UTC
