@@ -407,8 +407,6 @@ def test_team_backup_then_down_v_then_restore_brings_everything_back(team, copie
         experiment = client_of(team).get_experiment_by_name(EXPERIMENT)
     with signed_in(ADMIN, password(team, ADMIN)):
         auth = AuthServiceClient(team.mlflow_url)
-        permission = auth.get_experiment_permission(experiment.experiment_id, "alice")
-        assert permission.permission == "MANAGE"
-        assert auth.get_experiment_permission(experiment.experiment_id, EDITOR).permission == (
-            "EDIT"
-        )
+        for user, granted in (("alice", "MANAGE"), (EDITOR, "EDIT")):
+            permission = auth.get_user_permission(user, "experiment", experiment.experiment_id)
+            assert permission.permission == granted, user
