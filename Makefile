@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv requirements lint format test test-fast screenshots up down logs base-image bench clean team-up team-down user
+.PHONY: help venv requirements lint format test test-fast screenshots up down logs base-image bench clean team-up team-down user backup restore team-backup team-restore copy-to-team
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -59,6 +59,13 @@ down: ## Stop the stack; the volumes (runs, models) are kept
 logs: ## Follow the stack's logs (the Jupyter token is printed here)
 	$(COMPOSE) logs -f
 
+backup: ## Back up the running laptop stack into backups/<UTC timestamp>/
+	scripts/backup-volumes.sh backup
+
+restore: ## Restore the laptop stack: make restore DIR=backups/<timestamp> (backs up the current state first)
+	@test -n "$(DIR)" || { echo "usage: make restore DIR=backups/<timestamp>"; exit 2; }
+	scripts/backup-volumes.sh restore "$(DIR)"
+
 base-image: ## Build a stand-in python:3.11 base image from Debian (no registry needed)
 	scripts/build-base-image.sh
 
@@ -80,3 +87,13 @@ team-down: ## Stop the team profile; its volumes (runs, models, users, backups) 
 user: ## Team profile: add a user or change one: make user NAME=alice PERMISSION=READ|EDIT|MANAGE (asks the password)
 	@test -n "$(NAME)" || { echo "usage: make user NAME=<name> PERMISSION=READ|EDIT|MANAGE"; exit 2; }
 	$(TEAM_COMPOSE) run --rm --no-deps users user "$(NAME)" "$(or $(PERMISSION),READ)"
+
+team-backup: ## Team profile: back up both databases and the artifact bucket into backups/<UTC timestamp>/, while it runs
+	scripts/backup-volumes.sh --team backup
+
+team-restore: ## Team profile: make team-restore DIR=backups/<timestamp> (checks the backup, backs up the current state first)
+	@test -n "$(DIR)" || { echo "usage: make team-restore DIR=backups/<timestamp>"; exit 2; }
+	scripts/backup-volumes.sh --team restore "$(DIR)"
+
+copy-to-team: ## Team profile: copy a laptop store into it: make copy-to-team [FROM=<laptop project> | FROM=<folder with mlflow.db>]
+	scripts/copy-to-team.sh $(FROM)

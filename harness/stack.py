@@ -86,10 +86,12 @@ def team_secrets() -> dict[str, str]:
     }
 
 
-def new_team_stack(**env: str) -> Stack:
-    """A team-profile stack (not started) with fresh secrets; ``env`` overrides any setting."""
+def new_team_stack(prefix: str = TEAM_PREFIX, **env: str) -> Stack:
+    """A team-profile stack (not started) with fresh secrets; ``env`` overrides any setting.
+    ``prefix`` starts its project name (a test module that cleans up after itself by prefix
+    takes its own)."""
     return Stack(
-        project=f"{TEAM_PREFIX}{uuid.uuid4().hex[:8]}",
+        project=f"{prefix}{uuid.uuid4().hex[:8]}",
         overrides=TEAM_OVERRIDES,
         extra_env={**team_secrets(), **env},
     )
@@ -176,26 +178,9 @@ class Stack:
     ) -> dict[str, str]:
         """sha256 of every file under these artifact paths, fetched through the tracking
         server's artifact proxy (signed in with ``auth`` on the team stack)."""
-        import hashlib
+        from harness.stores import artifact_checksums
 
-        import requests
-
-        api = f"{self.mlflow_url}/api/2.0/mlflow-artifacts/artifacts"
-        sums: dict[str, str] = {}
-        pending = list(roots)
-        while pending:
-            path = pending.pop()
-            listing = requests.get(api, params={"path": path}, auth=auth, timeout=30)
-            listing.raise_for_status()
-            for entry in listing.json().get("files", []):
-                child = f"{path}/{entry['path']}"
-                if entry["is_dir"]:
-                    pending.append(child)
-                else:
-                    body = requests.get(f"{api}/{child}", auth=auth, timeout=30)
-                    body.raise_for_status()
-                    sums[child] = hashlib.sha256(body.content).hexdigest()
-        return sums
+        return artifact_checksums(self.mlflow_url, auth, roots)
 
     def health(self, service: str) -> str:
         state = json.loads(
