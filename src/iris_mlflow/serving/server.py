@@ -162,7 +162,7 @@ def fast_answer(champion: Champion, payload: object, content_type: str) -> Respo
     :func:`~iris_mlflow.serving.model.validate_matrix`, for a model this code serves as an
     :class:`~iris_mlflow.serving.model.IrisClassifier`. The checks and the network are the
     model's own; what is skipped is MLflow's pandas round trip (parse to a DataFrame, schema
-    enforcement, DataFrame to JSON), about 3 ms of a single-row request. Anything else, a
+    enforcement, DataFrame to JSON), the milliseconds of a single-row request. Anything else, a
     refusal included, returns None so MLflow's code answers with its own message.
     """
     if champion.network is None or not is_plain_json(content_type):
