@@ -207,6 +207,17 @@ def test_loading_the_logged_model_imports_no_tensorflow(weak_model, tracked):
     assert pinned == ["mlflow-skinny", "numpy", "pandas"]
 
 
+@pytest.mark.slow
+def test_a_logged_classifier_is_answered_by_the_fast_path(weak_model):
+    """What training logs is a model the server's fast path answers for (its parity with
+    MLflow's scoring is tests/test_serving_fast_path.py)."""
+    import mlflow
+
+    from iris_mlflow.serving.server import fast_path_network
+
+    assert fast_path_network(mlflow.pyfunc.load_model(weak_model.model_uri)) is not None
+
+
 def post(url: str, body: bytes | str, content_type: str = "application/json") -> requests.Response:
     return requests.post(
         f"{url}/invocations", data=body, headers={"Content-Type": content_type}, timeout=60

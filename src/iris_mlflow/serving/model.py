@@ -83,17 +83,32 @@ def validate_measurements(rows: pd.DataFrame | np.ndarray) -> np.ndarray:
             f"expected a table of measurements, got {type(rows).__name__}"
         )
     check_columns(rows.columns)
-    if len(rows) == 0:
-        raise InvalidMeasurementsError("no rows to predict")
-    if len(rows) > MAX_ROWS:
-        raise InvalidMeasurementsError(f"{len(rows)} rows is more than {MAX_ROWS} per request")
+    _check_row_count(len(rows))
     dtypes = rows.dtypes  # per column; looked up once (pandas indexing is slow per call)
     for column in FEATURES:
         dtype = dtypes[column]
         if not pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
             raise InvalidMeasurementsError(f"column {column} must hold numbers (cm)")
     in_order = rows if tuple(rows.columns) == FEATURES else rows[list(FEATURES)]
-    matrix = in_order.to_numpy(dtype="float64")
+    return _checked_values(in_order.to_numpy(dtype="float64"))
+
+
+def validate_matrix(matrix: np.ndarray) -> np.ndarray:
+    """The checks of :func:`validate_measurements` that remain for a float64 matrix whose
+    columns are already FEATURES, in order (the model server's fast path builds one)."""
+    _check_row_count(len(matrix))
+    return _checked_values(matrix)
+
+
+def _check_row_count(count: int) -> None:
+    if count == 0:
+        raise InvalidMeasurementsError("no rows to predict")
+    if count > MAX_ROWS:
+        raise InvalidMeasurementsError(f"{count} rows is more than {MAX_ROWS} per request")
+
+
+def _checked_values(matrix: np.ndarray) -> np.ndarray:
+    """Refuse a missing, infinite or implausible measurement; the rows as float32."""
     bad = ~np.isfinite(matrix) | (matrix <= MIN_CM) | (matrix > MAX_CM)
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
@@ -106,11 +121,17 @@ def validate_measurements(rows: pd.DataFrame | np.ndarray) -> np.ndarray:
     return matrix.astype("float32")
 
 
+def species_and_probabilities(probabilities: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """The network's output as the answer: the likeliest species per row, and the class
+    probabilities as float64 (what MLflow's JSON carries)."""
+    probabilities = probabilities.astype("float64")
+    return [SPECIES[i] for i in probabilities.argmax(axis=1).tolist()], probabilities
+
+
 def probabilities_frame(probabilities: np.ndarray) -> pd.DataFrame:
     """Species name and class probabilities, one row per input row."""
-    probabilities = probabilities.astype("float64")
-    species = np.asarray(SPECIES, dtype=object)[probabilities.argmax(axis=1)]
-    columns = {"species": species}
+    species, probabilities = species_and_probabilities(probabilities)
+    columns = {"species": np.asarray(species, dtype=object)}
     columns.update(zip(PROBABILITY_COLUMNS, probabilities.T, strict=True))
     return pd.DataFrame(columns)
 
