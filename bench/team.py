@@ -305,10 +305,11 @@ def measure(runs: int) -> list[Measure]:
     )
     cold.target_met = cold.median(TEAM) <= 30
     cold.notes.append(
-        "Images built, volumes kept, containers new. The team stack's chain: PostgreSQL and the "
-        "object store healthy, the backup and migration jobs, the bucket job, two tracking "
-        "servers healthy, the load balancer healthy, the users job, then jupyter and the "
-        "model server healthy."
+        "Images built, volumes kept, containers new. The team stack's chain: PostgreSQL "
+        "healthy, the backup and migration jobs (the migration checks the schema heads and "
+        "stops without loading MLflow when they are current), two tracking servers healthy, the "
+        "load balancer healthy, then the users job beside jupyter, then the model server; the "
+        "object store and the bucket job start beside the chain."
     )
     memory.notes.append(
         "One reading per container, from `docker stats`, 20 s after the first start."
