@@ -250,29 +250,25 @@ def shared_resources(api: AdminApi) -> list[tuple[str, str]]:
     """The shared experiment and registered model, made by the admin if they do not exist."""
     experiment_name = setting("MLFLOW_EXPERIMENT_NAME")
     model_name = setting("TEAM_REGISTERED_MODEL")
-    found = api.call(
-        "GET",
-        "/api/2.0/mlflow/experiments/get-by-name",
-        params={"experiment_name": experiment_name},
-        accept=("RESOURCE_DOES_NOT_EXIST",),
-    )
-    if "experiment" in found:
-        experiment_id = found["experiment"]["experiment_id"]
-    else:
+
+    def experiment_id(accept: tuple[str, ...] = ()) -> str | None:
+        found = api.call(
+            "GET",
+            "/api/2.0/mlflow/experiments/get-by-name",
+            params={"experiment_name": experiment_name},
+            accept=accept,
+        )
+        return found["experiment"]["experiment_id"] if "experiment" in found else None
+
+    shared_id = experiment_id(("RESOURCE_DOES_NOT_EXIST",))
+    if shared_id is None:
         made = api.call(
             "POST",
             "/api/2.0/mlflow/experiments/create",
             json={"name": experiment_name},
             accept=("RESOURCE_ALREADY_EXISTS",),  # made by a racing job in between
         )
-        experiment_id = (
-            made.get("experiment_id")
-            or api.call(
-                "GET",
-                "/api/2.0/mlflow/experiments/get-by-name",
-                params={"experiment_name": experiment_name},
-            )["experiment"]["experiment_id"]
-        )
+        shared_id = made.get("experiment_id") or experiment_id()
     made = api.call(
         "POST",
         "/api/2.0/mlflow/registered-models/create",
@@ -281,7 +277,7 @@ def shared_resources(api: AdminApi) -> list[tuple[str, str]]:
     )
     if "registered_model" in made:
         say(f"created the registered model {model_name}")
-    return [("experiment", experiment_id), ("registered_model", model_name)]
+    return [("experiment", shared_id), ("registered_model", model_name)]
 
 
 def ensure_user(api: AdminApi, resources, name: str, password: str, permission: str) -> None:
