@@ -435,9 +435,9 @@ def listening(url: str, proc: subprocess.Popen) -> bool:
     ],
 )
 def test_the_server_reads_the_column_names_a_request_carries(body, content_type, columns):
-    from iris_mlflow.serving.server import request_columns
+    from iris_mlflow.serving.server import read_request
 
-    assert request_columns(body.encode(), content_type) == columns
+    assert read_request(body.encode(), content_type)[1] == columns
 
 
 def test_measurements_are_validated_in_process():

@@ -103,15 +103,17 @@ def error_response(status: int, error_code: str, message: str) -> Response:
     return Response(body, status_code=status, media_type=JSON_TYPE)
 
 
-def request_columns(body: bytes, content_type: str) -> list[str] | None:
-    """The column names a scoring request carries, or None when it names none (a list of
-    lists, a malformed body): MLflow's parsing then judges it and answers for itself."""
+def read_request(body: bytes, content_type: str) -> tuple[object, list[str] | None]:
+    """A scoring request's JSON (:data:`NOT_JSON` for any other body) and the column names it
+    carries, or None when it names none (a list of lists, a malformed body): MLflow's parsing
+    then judges it and answers for itself. The body is parsed once, for both."""
     kind = mime_type(content_type)
     if kind == CSV_TYPE:
-        return _csv_columns(body)
+        return NOT_JSON, _csv_columns(body)
     if kind == JSON_TYPE:
-        return _json_columns(decode_json(body))
-    return None
+        payload = decode_json(body)
+        return payload, _json_columns(payload)
+    return NOT_JSON, None
 
 
 def decode_json(body: bytes) -> object:
@@ -359,9 +361,7 @@ class ModelServer:
                 f"content type {content_type or '(none)'!r} is not supported; "
                 f"send {JSON_TYPE} or {CSV_TYPE}",
             )
-        is_json = mime_type(content_type) == JSON_TYPE
-        payload = decode_json(body) if is_json else NOT_JSON
-        columns = _json_columns(payload) if is_json else _csv_columns(body)
+        payload, columns = read_request(body, content_type)
         if columns is not None:
             try:
                 check_columns(columns)
