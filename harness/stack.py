@@ -38,8 +38,15 @@ def engine_available() -> bool:
     return subprocess.run([*COMPOSE, "version"], capture_output=True).returncode == 0
 
 
-def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+def docker(
+    *args: str, timeout: float = 120, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`docker ARGS`; ``env``: variables for the client, e.g. secrets `--env NAME` passes on
+    without their values on a command line."""
+    done = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **env} if env else None,
+    )  # fmt: skip
     if check and done.returncode != 0:
         raise RuntimeError(f"docker {' '.join(args)} failed: {done.stderr.strip()[-2000:]}")
     return done

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Start `mlflow server` (its settings are MLflow's own MLFLOW_* variables, set in the image).
-# What MLflow does not do itself: a SQLite store whose schema is older than this MLflow's is
-# backed up beside itself before the server migrates it, with no manual step.
+# Start the MLflow tracking server (its settings are MLflow's own MLFLOW_* variables, set in the
+# image). What MLflow does not do itself: a SQLite store is created, or, when its schema is
+# older than this MLflow's, backed up beside itself and migrated, before the server starts.
 set -euo pipefail
 
 store="${MLFLOW_BACKEND_STORE_URI}"
 db_file="${store#sqlite:///}"
-if [[ "$store" == sqlite:///* && -s "$db_file" ]]; then
+if [[ "$store" == sqlite:///* && ! -s "$db_file" ]]; then
+    # A new store gets its tables now, not from the first request that reaches the server.
+    python -c 'import sys
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+SqlAlchemyStore(sys.argv[1], "mlflow-artifacts:/")' "$store"
+elif [[ "$store" == sqlite:///* ]]; then
     current=$(python -c 'import sqlite3, sys
 print(sqlite3.connect(sys.argv[1]).execute("select version_num from alembic_version").fetchone()[0])' "$db_file")
     head=$(cat /opt/mlflow-schema-head)
@@ -72,4 +77,42 @@ while True:
 PY
 fi
 
-exec mlflow server "$@"
+# What `mlflow server` does for the configurations this project ships, without its first Python
+# process: that process only checks its options, sets the variables below and runs uvicorn on
+# MLflow's app, and it costs about 5 s of imports on the start of every server and 200 MB held
+# for the server's life. The worker itself checks the secret key and creates the admin user
+# (MLflow's create_app). Any other arguments, or a setting `mlflow server` would turn into
+# something else, go to `mlflow server` as they are. tests/test_stack.py checks that the
+# worker's command and environment are the ones `mlflow server` gives it, so an MLflow upgrade
+# that changes them fails the tests.
+case "$*" in
+    "") app=(mlflow.server.fastapi_app:app) ;;
+    "--app-name basic-auth") app=(--factory mlflow.server.auth:create_app) ;;
+    *) exec mlflow server "$@" ;;
+esac
+for setting in MLFLOW_READ_REPLICA_BACKEND_STORE_URI MLFLOW_REGISTRY_STORE_URI \
+    MLFLOW_DEFAULT_ARTIFACT_ROOT MLFLOW_ARTIFACTS_ONLY MLFLOW_STATIC_PREFIX MLFLOW_GUNICORN_OPTS \
+    MLFLOW_UVICORN_OPTS MLFLOW_EXPOSE_PROMETHEUS MLFLOW_TRACE_ARCHIVAL_CONFIG \
+    MLFLOW_WORKSPACE_STORE_URI MLFLOW_ENABLE_WORKSPACES; do
+    [ -z "${!setting:-}" ] || exec mlflow server "$@"
+done
+if [ "${MLFLOW_SERVE_ARTIFACTS,,}" != true ] || [ "${MLFLOW_SERVER_ENABLE_JOB_EXECUTION,,}" != false ]; then
+    exec mlflow server "$@"
+fi
+export _MLFLOW_SERVER_FILE_STORE="$store" \
+    _MLFLOW_SERVER_REGISTRY_STORE="$store" \
+    MLFLOW_TRACKING_URI="$store" \
+    MLFLOW_REGISTRY_URI="$store" \
+    _MLFLOW_SERVER_SERVE_ARTIFACTS=true \
+    _MLFLOW_SERVER_ARTIFACT_ROOT=mlflow-artifacts:/ \
+    _MLFLOW_SERVER_ARTIFACT_DESTINATION="$MLFLOW_ARTIFACTS_DESTINATION" \
+    _MLFLOW_SERVER_BOOT_ID="$(tr -d - < /proc/sys/kernel/random/uuid)" \
+    _MLFLOW_IN_JOB_EXECUTOR=false \
+    _MLFLOW_SGI_NAME=uvicorn \
+    MLFLOW_ENABLE_WORKSPACES=false \
+    MLFLOW_SERVER_X_FRAME_OPTIONS="${MLFLOW_SERVER_X_FRAME_OPTIONS:-SAMEORIGIN}" \
+    MLFLOW_SERVER_SECRETS_CACHE_TTL=60 \
+    MLFLOW_SERVER_SECRETS_CACHE_MAX_SIZE=1000
+log_config=$(echo "$VIRTUAL_ENV"/lib/python3*/site-packages/mlflow/server/uvicorn_log_config.yaml)
+exec python -m uvicorn --log-config "$log_config" --host "$MLFLOW_HOST" --port "$MLFLOW_PORT" \
+    --workers "$MLFLOW_WORKERS" "${app[@]}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -378,3 +379,70 @@ def test_a_store_made_by_an_older_mlflow_is_migrated_on_start():
         assert any(name.endswith(".bak") for name in listing), listing
     finally:
         old.down(volumes=True)
+
+
+#: Read inside a container: the uvicorn worker's command line and environment.
+READ_UVICORN_WORKER = """
+import json, pathlib
+for proc in pathlib.Path("/proc").glob("[0-9]*"):
+    command = [part.decode() for part in (proc / "cmdline").read_bytes().split(b"\\0")[:-1]]
+    if command[1:3] == ["-m", "uvicorn"]:
+        items = (proc / "environ").read_bytes().decode().split("\\0")
+        env = dict(item.split("=", 1) for item in items if "=" in item)
+        print(json.dumps({"command": command, "env": env}))
+    elif command[1:3] == ["/opt/venv/bin/mlflow", "server"]:
+        print(json.dumps({"parent": command}))
+"""
+
+
+def started_server(args: tuple[str, ...], env: dict[str, str]) -> list[dict]:
+    """The MLflow image started with ``args``, healthy; what its processes are."""
+    image = f"iris-mlflow-stack/mlflow:{os.environ.get('IMAGE_TAG', 'latest')}"
+    settings = [f"--env={name}" for name in env]
+    container = docker("run", "-d", *settings, image, *args, env=env).stdout.strip()
+    try:
+        wait_until(
+            lambda: docker("exec", container, "healthcheck", check=False).returncode == 0,
+            timeout=120,
+            what=f"the MLflow image started with {args}",
+        )
+        found = docker("exec", container, "python", "-c", READ_UVICORN_WORKER).stdout
+        return [json.loads(line) for line in found.splitlines()]
+    finally:
+        docker("rm", "-f", "-v", container, check=False)
+
+
+@pytest.mark.usefixtures("stack")  # built the images
+@pytest.mark.parametrize(
+    "args", [(), ("--app-name", "basic-auth")], ids=["tracking-app", "sign-in-app"]
+)
+def test_the_server_starts_as_mlflow_server_would(args):
+    """start-server.sh runs MLflow's app in uvicorn itself, one process instead of two. The
+    worker gets the command and environment that `mlflow server` gives it (any other arguments,
+    here `--workers 1`, which the image sets anyway, go to `mlflow server`): an MLflow upgrade
+    that changes either fails here."""
+    env = {}
+    if args:
+        env = {
+            "MLFLOW_AUTH_DATABASE_URI": "sqlite:////tmp/auth.db",
+            "MLFLOW_AUTH_CONFIG_PATH": "/tmp/auth/basic_auth.ini",  # noqa: S108 (in the container)
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex,
+            "MLFLOW_AUTH_ADMIN_PASSWORD": f"Aa1-{uuid.uuid4().hex}",
+        }
+    ours = started_server(args, env)
+    mlflows = started_server((*args, "--workers", "1"), env)
+
+    assert [p for p in ours if "parent" in p] == []
+    assert len([p for p in mlflows if "parent" in p]) == 1, "`mlflow server` did not run"
+    (our_worker,) = [p for p in ours if "command" in p]
+    (mlflow_worker,) = [p for p in mlflows if "command" in p]
+    assert our_worker["command"][1:] == mlflow_worker["command"][1:]
+    # Different on every start; and `mlflow server` says it made the admin user already, which
+    # our worker does itself (MLflow's create_app, as in every worker).
+    ours_env, mlflows_env = our_worker["env"], mlflow_worker["env"]
+    for env_of in (ours_env, mlflows_env):
+        assert len(env_of.pop("_MLFLOW_SERVER_BOOT_ID")) == 32
+        del env_of["HOSTNAME"]
+    if args:
+        assert mlflows_env.pop("_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED") == "true"
+    assert ours_env == mlflows_env
