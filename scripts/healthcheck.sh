@@ -3,7 +3,7 @@
 # (http://host:port/path) answers 200. Each image sets HEALTHCHECK_URL and runs this as its
 # HEALTHCHECK; the compose files keep the timing. Bash and its /dev/tcp only: Docker runs
 # this every few seconds in every container, and starting Python for it cost about 0.1 s of
-# CPU a check, a tenth of a core for the team stack at rest (docs/benchmarks.md).
+# CPU a check (docs/benchmarks.md: the team stack's CPU at rest).
 set -uo pipefail
 
 url="${HEALTHCHECK_URL:-}"
