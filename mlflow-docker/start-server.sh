@@ -96,7 +96,8 @@ for setting in MLFLOW_READ_REPLICA_BACKEND_STORE_URI MLFLOW_REGISTRY_STORE_URI \
     MLFLOW_WORKSPACE_STORE_URI MLFLOW_ENABLE_WORKSPACES; do
     [ -z "${!setting:-}" ] || exec mlflow server "$@"
 done
-if [ "${MLFLOW_SERVE_ARTIFACTS,,}" != true ] || [ "${MLFLOW_SERVER_ENABLE_JOB_EXECUTION,,}" != false ]; then
+serve_artifacts="${MLFLOW_SERVE_ARTIFACTS:-}" job_execution="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-}"
+if [ "${serve_artifacts,,}" != true ] || [ "${job_execution,,}" != false ]; then
     exec mlflow server "$@"
 fi
 export _MLFLOW_SERVER_FILE_STORE="$store" \
