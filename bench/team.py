@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import statistics
 import tempfile
 import threading
 import time
@@ -39,6 +40,7 @@ from harness.stack import (
     TEAM_PREFIX,
     Stack,
     container_memory_mb,
+    docker,
     new_team_stack,
     remove_leftover_projects,
 )
@@ -150,9 +152,13 @@ def logging_throughput(base: str, auth: tuple[str, str] | None) -> tuple[float, 
     return sum(counts) / (time.perf_counter() - start), failures
 
 
-def trainings_per_minute(stack: Stack, editor: tuple[str, str] | None) -> tuple[float, int]:
-    """CLIENTS trainings at once in the jupyter container; (trainings per minute, failed)."""
+def trainings_per_minute(
+    stack: Stack, editor: tuple[str, str] | None, cpu_used: list[dict[str, float]]
+) -> tuple[float, int]:
+    """CLIENTS trainings at once in the jupyter container; (trainings per minute, failed).
+    Appends to ``cpu_used`` the CPU seconds each service and the whole machine used."""
     name = f"bench-trainings-{uuid.uuid4().hex[:8]}"
+    cpu_before = cpu_seconds_by_service(stack)
     start = time.perf_counter()
     trainings = [
         stack.start_training(name, "--epochs", str(TRAINING_EPOCHS), "--registered-model", name)
@@ -160,6 +166,8 @@ def trainings_per_minute(stack: Stack, editor: tuple[str, str] | None) -> tuple[
     ]
     outcomes = [training.communicate(timeout=1800) for training in trainings]
     seconds = time.perf_counter() - start
+    cpu_after = cpu_seconds_by_service(stack)
+    cpu_used.append({k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after})
     failed = sum(training.returncode != 0 for training in trainings)
     # A training that exited 0 must have left a finished run with every epoch.
     with requests.Session() as session:
@@ -197,6 +205,16 @@ def trainings_per_minute(stack: Stack, editor: tuple[str, str] | None) -> tuple[
     return CLIENTS / seconds * 60, max(failed, CLIENTS - len(complete))
 
 
+def cpu_summary(rounds: list[dict[str, float]]) -> str:
+    """Median CPU seconds per service over the rounds, what ran outside the containers
+    (Docker's own work, the kernel), and the whole machine's."""
+    median = {k: statistics.median(r.get(k, 0.0) for r in rounds) for k in rounds[0]}
+    machine = median.pop("whole machine")
+    parts = [f"{k} {v:.0f}" for k, v in sorted(median.items(), key=lambda kv: -kv[1])]
+    outside = machine - sum(median.values())
+    return f"{', '.join(parts)}; outside the containers {outside:.0f}; whole machine {machine:.0f}"
+
+
 def logging_throughput_without_sign_in(team: Stack, no_sign_in: Stack) -> tuple[float, Failures]:
     """The logging stress against the team's tracking servers started without the sign-in app,
     which are then started as they were."""
@@ -225,19 +243,44 @@ def alone(other: Stack):
         wait_until(healthy, timeout=120, what=f"{other.project} healthy again", interval=1)
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, busy + idle) CPU seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as stat:  # noqa: PTH123 (one line of a kernel file)
+        ticks = [int(x) for x in stat.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    per_second = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - idle) / per_second, sum(ticks) / per_second
+
+
 def busy_cores(seconds: float) -> float:
     """How many of the machine's cores were busy, on average, over the next ``seconds``."""
-
-    def busy_and_total() -> tuple[int, int]:
-        with open("/proc/stat") as stat:  # noqa: PTH123 (one line of a kernel file)
-            ticks = [int(x) for x in stat.readline().split()[1:]]
-        idle = ticks[3] + ticks[4]  # idle, iowait
-        return sum(ticks) - idle, sum(ticks)
-
-    busy0, total0 = busy_and_total()
+    busy0, total0 = machine_cpu_seconds()
     time.sleep(seconds)
-    busy1, total1 = busy_and_total()
+    busy1, total1 = machine_cpu_seconds()
     return (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1)
+
+
+def container_cpu_seconds(container_id: str) -> float:
+    """CPU time a running container has used, from its cgroup (v1 or v2)."""
+    v1 = Path(f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage")
+    if v1.exists():
+        return int(v1.read_text()) / 1e9
+    v2 = Path(f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/cpu.stat")
+    for line in v2.read_text().splitlines():
+        if line.startswith("usage_usec "):
+            return int(line.split()[1]) / 1e6
+    raise RuntimeError(f"no CPU accounting in {v2}")
+
+
+def cpu_seconds_by_service(stack: Stack) -> dict[str, float]:
+    """CPU time the running containers of each service have used, and the whole machine's."""
+    ids = stack.compose("ps", "-q").stdout.split()
+    label = '{{.Id}} {{index .Config.Labels "com.docker.compose.service"}}'
+    used = {"whole machine": machine_cpu_seconds()[0]}
+    for row in docker("inspect", "-f", label, *ids).stdout.splitlines() if ids else []:
+        container, service = row.split()
+        used[service] = used.get(service, 0.0) + container_cpu_seconds(container)
+    return used
 
 
 def cold_start_seconds(stack: Stack) -> float:
@@ -272,7 +315,9 @@ def measure(runs: int) -> list[Measure]:
             "A training fails if `iris-train` exits non-zero or its run is not FINISHED with "
             "every epoch's loss. Each training's own compute (TensorFlow, in one jupyter "
             "container on the same 2 cores) is most of the time: this is what a team training at "
-            "once sees."
+            "once sees. The CPU seconds of one round (medians over the runs, from the containers' "
+            "cgroups and /proc/stat) say where the rest goes; outside the containers is mostly "
+            "Docker running the healthchecks."
         ],
     )
     throughput = Measure(
@@ -333,6 +378,7 @@ def measure(runs: int) -> list[Measure]:
     failed = {LAPTOP: 0, TEAM: 0, TEAM_NO_SIGN_IN: 0}
     first_failure: dict[str, str | None] = dict.fromkeys(failed)
     failed_trainings = {LAPTOP: 0, TEAM: 0}
+    cpu: dict[str, list[dict[str, float]]] = {LAPTOP: [], TEAM: []}
     with tempfile.TemporaryDirectory() as tmp:
         no_sign_in_file = Path(tmp) / "no-sign-in.yml"
         no_sign_in_file.write_text(NO_SIGN_IN)
@@ -348,7 +394,7 @@ def measure(runs: int) -> list[Measure]:
                     (TEAM, team, laptop, editor),
                 ):
                     with alone(other):
-                        rate, failures = trainings_per_minute(stack, auth)
+                        rate, failures = trainings_per_minute(stack, auth, cpu[label])
                         trainings.add(label, rate)
                         failed_trainings[label] += failures
                         rate, failures = logging_throughput(stack.mlflow_url, auth)
@@ -368,6 +414,8 @@ def measure(runs: int) -> list[Measure]:
     trainings.extra["failed trainings"] = ", ".join(
         f"{k}: {v}" for k, v in failed_trainings.items()
     )
+    for label, rounds in cpu.items():
+        trainings.extra[f"CPU seconds of one round, {label}"] = cpu_summary(rounds)
     trainings.target_met = (
         trainings.ratio(TEAM) is not None
         and trainings.ratio(TEAM) >= 0.9
