@@ -1,17 +1,12 @@
 #!/usr/bin/env bash
 # Start the MLflow tracking server (its settings are MLflow's own MLFLOW_* variables, set in the
-# image). What MLflow does not do itself: a SQLite store is created, or, when its schema is
-# older than this MLflow's, backed up beside itself and migrated, before the server starts.
+# image). What MLflow does not do itself: a SQLite store whose schema is older than this
+# MLflow's is backed up beside itself before the server migrates it, with no manual step.
 set -euo pipefail
 
 store="${MLFLOW_BACKEND_STORE_URI}"
 db_file="${store#sqlite:///}"
-if [[ "$store" == sqlite:///* && ! -s "$db_file" ]]; then
-    # A new store gets its tables now, not from the first request that reaches the server.
-    python -c 'import sys
-from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-SqlAlchemyStore(sys.argv[1], "mlflow-artifacts:/")' "$store"
-elif [[ "$store" == sqlite:///* ]]; then
+if [[ "$store" == sqlite:///* && -s "$db_file" ]]; then
     current=$(python -c 'import sqlite3, sys
 print(sqlite3.connect(sys.argv[1]).execute("select version_num from alembic_version").fetchone()[0])' "$db_file")
     head=$(cat /opt/mlflow-schema-head)
@@ -74,6 +69,19 @@ while True:
         if final or time.monotonic() > deadline:
             sys.exit(f"start-server: cannot connect to the tracking store {where}: {reason}")
         time.sleep(1)
+# The db-migrate job brings the schema to this MLflow's head before any server starts; a server
+# started without it (`up --no-deps`) stops here, not at its first request.
+with open("/opt/mlflow-schema-head") as file, engine.connect() as connection:
+    head = file.read().strip()
+    try:
+        current = connection.exec_driver_sql("select version_num from alembic_version").scalar()
+    except sqlalchemy.exc.ProgrammingError:
+        current = None
+if current != head:
+    sys.exit(
+        f"start-server: the tracking store {where} has schema {current or 'none'}, this MLflow "
+        f"needs {head}: run the db-migrate job first (docker compose ... up db-migrate)"
+    )
 PY
 fi
 
@@ -87,14 +95,23 @@ fi
 # that changes them fails the tests.
 case "$*" in
     "") app=(mlflow.server.fastapi_app:app) ;;
-    "--app-name basic-auth") app=(--factory mlflow.server.auth:create_app) ;;
+    # With more workers, `mlflow server` checks the sign-in settings once, before starting them:
+    # a mistake is then one error, not workers restarted forever.
+    "--app-name basic-auth") [ "${MLFLOW_WORKERS:-}" = 1 ] || exec mlflow server "$@"
+        app=(--factory mlflow.server.auth:create_app) ;;
     *) exec mlflow server "$@" ;;
 esac
+# Settings the CLI turns into something else, or refuses: set, they go to `mlflow server`.
 for setting in MLFLOW_READ_REPLICA_BACKEND_STORE_URI MLFLOW_REGISTRY_STORE_URI \
     MLFLOW_DEFAULT_ARTIFACT_ROOT MLFLOW_ARTIFACTS_ONLY MLFLOW_STATIC_PREFIX MLFLOW_GUNICORN_OPTS \
     MLFLOW_UVICORN_OPTS MLFLOW_EXPOSE_PROMETHEUS MLFLOW_TRACE_ARCHIVAL_CONFIG \
-    MLFLOW_WORKSPACE_STORE_URI MLFLOW_ENABLE_WORKSPACES; do
+    MLFLOW_WORKSPACE_STORE_URI MLFLOW_ENABLE_WORKSPACES MLFLOW_WORKSPACE \
+    MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE; do
     [ -z "${!setting:-}" ] || exec mlflow server "$@"
+done
+# Settings the CLI replaces with its defaults when empty: empty, they go to it too.
+for setting in MLFLOW_HOST MLFLOW_PORT MLFLOW_WORKERS MLFLOW_ARTIFACTS_DESTINATION; do
+    [ -n "${!setting:-}" ] || exec mlflow server "$@"
 done
 serve_artifacts="${MLFLOW_SERVE_ARTIFACTS:-}" job_execution="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-}"
 if [ "${serve_artifacts,,}" != true ] || [ "${job_execution,,}" != false ]; then
@@ -114,6 +131,12 @@ export _MLFLOW_SERVER_FILE_STORE="$store" \
     MLFLOW_SERVER_X_FRAME_OPTIONS="${MLFLOW_SERVER_X_FRAME_OPTIONS:-SAMEORIGIN}" \
     MLFLOW_SERVER_SECRETS_CACHE_TTL=60 \
     MLFLOW_SERVER_SECRETS_CACHE_MAX_SIZE=1000
+if [[ "$store" == sqlite:///* && ! -s "$db_file" ]]; then
+    # A new store gets its tables now, as `mlflow server` makes them, not at the first request.
+    python -c 'import sys
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+SqlAlchemyStore(sys.argv[1], "mlflow-artifacts:/")' "$store"
+fi
 log_config=$(echo "$VIRTUAL_ENV"/lib/python3*/site-packages/mlflow/server/uvicorn_log_config.yaml)
 exec python -m uvicorn --log-config "$log_config" --host "$MLFLOW_HOST" --port "$MLFLOW_PORT" \
     --workers "$MLFLOW_WORKERS" "${app[@]}"
