@@ -3,7 +3,7 @@
 # (http://host:port/path) answers 200. Each image sets HEALTHCHECK_URL and runs this as its
 # HEALTHCHECK; the compose files keep the timing. Bash and its /dev/tcp only: Docker runs
 # this every few seconds in every container, and starting Python for it cost about 0.1 s of
-# CPU a check (docs/benchmarks.md: the team stack's CPU at rest).
+# CPU a check (timed by hand here). Redirects are not followed: no health URL of ours has one.
 set -uo pipefail
 
 url="${HEALTHCHECK_URL:-}"
@@ -21,6 +21,7 @@ if ! read -r -t 4 _ status _ <&3; then
     echo "healthcheck: $url: no answer within 4 s" >&2
     exit 1
 fi
+status="${status%$'\r'}"  # a status line with no reason phrase ends right after the code
 if [ "$status" != 200 ]; then
     echo "healthcheck: $url: HTTP $status" >&2
     exit 1

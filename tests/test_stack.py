@@ -445,4 +445,7 @@ def test_the_server_starts_as_mlflow_server_would(args):
         del env_of["HOSTNAME"]
     if args:
         assert mlflows_env.pop("_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED") == "true"
+    for secret in ("MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_AUTH_ADMIN_PASSWORD"):
+        # Compared apart, so that a failure never prints them.
+        assert ours_env.pop(secret, None) == mlflows_env.pop(secret, None), f"{secret} differs"
     assert ours_env == mlflows_env
