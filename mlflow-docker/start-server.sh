@@ -87,12 +87,12 @@ fi
 
 # What `mlflow server` does for the configurations this project ships, without its first Python
 # process: that process only checks its options, sets the variables below and runs uvicorn on
-# MLflow's app, and it costs about 4 s of imports (on 2 cores) on the start of every server and
-# 175 MB held for the server's life. The worker itself checks the secret key and creates the admin user
-# (MLflow's create_app). Any other arguments, or a setting `mlflow server` would turn into
-# something else, go to `mlflow server` as they are. tests/test_stack.py checks that the
-# worker's command and environment are the ones `mlflow server` gives it, so an MLflow upgrade
-# that changes them fails the tests.
+# MLflow's app, and it costs about 4 s of imports (on 2 cores) on the start of every server
+# and 175 MB held for the server's life. The worker itself checks the secret key and creates
+# the admin user (MLflow's create_app). Any other arguments, or a setting `mlflow server`
+# would turn into something else, go to `mlflow server` as they are. tests/test_stack.py
+# checks that the worker's command and environment are the ones `mlflow server` gives it, so
+# an MLflow upgrade that changes them fails the tests.
 case "$*" in
     "") app=(mlflow.server.fastapi_app:app) ;;
     # With more workers, `mlflow server` checks the sign-in settings once, before starting them:
