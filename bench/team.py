@@ -364,8 +364,8 @@ def measure(runs: int) -> list[Measure]:
         notes=[
             "Busy time of the whole machine (2 cores) from /proc/stat, Docker's own work for the "
             "healthchecks included; nothing else ran. Docker runs each service's healthcheck every "
-            "5 s on the laptop stack and every 2 s on the team stack (1 s for PostgreSQL's "
-            "pg_isready), which makes its start seconds shorter."
+            "5 s on the laptop stack; on the team stack every second while a service starts "
+            "(its start is seconds shorter) and every 30 s once it is healthy."
         ],
     )
     memory = Measure(

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Make sure a Docker engine, Compose v2 (`docker compose`, what users type), Compose 1.29
-# (`docker-compose`, still supported: CI validates the file with it) and debootstrap (for
-# scripts/build-base-image.sh) are available: install what is missing from Debian's
-# packages, start dockerd when it is not running, wait until it answers. For CI and fresh
-# build machines; on a desktop with Docker running and nothing missing it does nothing.
+# Make sure a Docker engine 25 or later, Compose v2 (`docker compose`, what users type),
+# Compose 1.29 (`docker-compose`, still supported: CI validates the file with it) and
+# debootstrap (for scripts/build-base-image.sh) are available: install what is missing from
+# Debian's packages, start dockerd when it is not running, wait until it answers. For CI and
+# fresh build machines; on a desktop with Docker running and nothing missing it does nothing.
 set -euo pipefail
+
+# Engine 25 is the first whose healthchecks have a start interval: the team profile checks
+# every second while a service starts and every 30 s after (see docker-compose.team.yml).
+min_engine=25
 
 missing=()
 command -v dockerd >/dev/null || missing+=(docker.io)
@@ -16,31 +20,62 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
 fi
 
-# Compose v2 as a CLI plugin. Debian bookworm packages only 1.29; trixie's docker-compose
-# package is Compose v2, a static binary that runs on bookworm. It is unpacked from the
-# package alone, with a private apt list: the machine's apt sources are not touched.
+# Debian bookworm packages engine 20.10 and Compose 1.29. Trixie's docker-compose package is
+# Compose v2, a static binary, and its docker.io package's dockerd (26.1) runs on bookworm
+# beside bookworm's containerd, runc and docker-init. Each is unpacked from its package alone,
+# with a private apt list: the machine's apt sources are not touched.
+work=$(mktemp -d)
+chmod 755 "$work"  # apt downloads as its own user
+trap 'rm -rf "$work"' EXIT
+trixie_ready=
+unpack_from_trixie() {  # unpack_from_trixie PACKAGE: the package's files under $work/PACKAGE
+    local apt_private=(-o "Dir::Etc::sourcelist=$work/trixie.list" -o Dir::Etc::sourceparts=-
+                       -o "Dir::State::Lists=$work/lists" -o Dir::Cache::pkgcache=
+                       -o Dir::Cache::srcpkgcache=)
+    if [ -z "$trixie_ready" ]; then
+        local mirror
+        mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+        [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+        [ -n "$mirror" ] || { echo "error: no Debian mirror found to fetch $1 from" >&2; exit 1; }
+        mkdir -p "$work/lists/partial"
+        echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror trixie main" \
+            > "$work/trixie.list"
+        apt-get "${apt_private[@]}" update -q >/dev/null
+        trixie_ready=1
+    fi
+    (cd "$work" && apt-get "${apt_private[@]}" download "$1" >/dev/null)
+    dpkg -x "$work/$1"_*.deb "$work/$1"
+}
+
 plugin_dir=/usr/local/lib/docker/cli-plugins
 if ! docker compose version >/dev/null 2>&1; then
-    mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-    [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-    [ -n "$mirror" ] || { echo "error: no Debian mirror found for Compose v2" >&2; exit 1; }
-    work=$(mktemp -d)
-    trap 'rm -rf "$work"' EXIT
-    mkdir -p "$work/lists/partial"
-    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror trixie main" \
-        > "$work/trixie.list"
-    apt_private=(-o "Dir::Etc::sourcelist=$work/trixie.list" -o Dir::Etc::sourceparts=-
-                 -o "Dir::State::Lists=$work/lists" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=)
     echo "installing Compose v2 (Debian trixie's docker-compose package) into $plugin_dir ..."
-    apt-get "${apt_private[@]}" update -q >/dev/null
-    (cd "$work" && apt-get "${apt_private[@]}" download docker-compose >/dev/null)
-    dpkg -x "$work"/docker-compose_2*.deb "$work/x"
-    install -D -m 755 "$work/x/usr/libexec/docker/cli-plugins/docker-compose" "$plugin_dir/docker-compose"
+    unpack_from_trixie docker-compose
+    install -D -m 755 "$work/docker-compose/usr/libexec/docker/cli-plugins/docker-compose" \
+        "$plugin_dir/docker-compose"
 fi
 
-if ! docker info >/dev/null 2>&1; then
+major() { sed -E 's/^[^0-9]*([0-9]+)\..*/\1/'; }
+# dockerd finds docker-proxy beside itself; /usr/local/sbin comes before /usr/sbin on PATH.
+engine_dir=/usr/local/sbin
+dockerd=$(command -v dockerd)
+if [ "$("$dockerd" --version | major)" -lt "$min_engine" ]; then
+    echo "installing Docker engine 26 (Debian trixie's dockerd) into $engine_dir ..."
+    unpack_from_trixie docker.io
+    install -D -m 755 "$work/docker.io/usr/sbin/dockerd" "$work/docker.io/usr/sbin/docker-proxy" \
+        "$engine_dir/"
+    dockerd=$engine_dir/dockerd
+fi
+
+if docker info >/dev/null 2>&1; then
+    running=$(docker version -f '{{.Server.Version}}')
+    if [ "$(echo "$running" | major)" -lt "$min_engine" ]; then
+        echo "error: Docker engine $running is running; this project needs $min_engine or later: stop it and run this again" >&2
+        exit 1
+    fi
+else
     echo "starting dockerd ..."
-    nohup dockerd >/var/log/dockerd.log 2>&1 &
+    nohup "$dockerd" >/var/log/dockerd.log 2>&1 &
     for _ in $(seq 60); do
         docker info >/dev/null 2>&1 && break
         sleep 1
