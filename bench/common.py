@@ -98,11 +98,16 @@ def context() -> dict[str, object]:
         platform.processor(),
     )  # fmt: skip
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    try:
+        engine = run(["docker", "version", "-f", "{{.Server.Version}}"], cwd=ROOT).stdout.strip()
+    except (RuntimeError, FileNotFoundError):
+        engine = ""  # no engine: the benchmarks that need one say so themselves
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit + ("+dirty" if dirty else ""),
         "machine": f"{os.cpu_count()} cores ({cpu}), {memory_gib:.0f} GiB, "
         f"{platform.system()} {platform.machine()}",
+        "docker_engine": engine,
     }
 
 
@@ -149,7 +154,8 @@ def render_report(smoke: bool, keep: Path | None = None) -> str:
     for r in loaded:
         met = {True: "**met**", False: "**missed**", None: "n/a"}[r["target_met"]]
         lines += [f"## {r['title']}", "", f"Target: {r['target']}: {met}.", ""]
-        lines += [f"Measured {r['date']} at commit `{r['commit']}`.", ""]
+        engine = f", Docker Engine {r['docker_engine']}" if r.get("docker_engine") else ""
+        lines += [f"Measured {r['date']} at commit `{r['commit']}`{engine}.", ""]
         against = f"ratio vs {r['baseline']}" if r["baseline"] else "ratio"
         lines += [
             f"| variant | median ({r['unit']}) | min | max | runs | {against} |",

@@ -70,10 +70,17 @@ fi
 if docker info >/dev/null 2>&1; then
     running=$(docker version -f '{{.Server.Version}}')
     if [ "$(echo "$running" | major)" -lt "$min_engine" ]; then
-        echo "error: Docker engine $running is running; this project needs $min_engine or later: stop it and run this again" >&2
-        exit 1
+        if [[ " ${missing[*]} " != *" docker.io "* ]]; then
+            echo "error: Docker engine $running is running; this project needs $min_engine or later: stop it and run this again" >&2
+            exit 1
+        fi
+        # Started by the package just installed (where its post-install may start services).
+        echo "stopping Docker engine $running, started by its package ..."
+        pkill -x dockerd || true
+        for _ in $(seq 30); do pgrep -x dockerd >/dev/null || break; sleep 1; done
     fi
-else
+fi
+if ! docker info >/dev/null 2>&1; then
     echo "starting dockerd ..."
     nohup "$dockerd" >/var/log/dockerd.log 2>&1 &
     for _ in $(seq 60); do
