@@ -99,8 +99,8 @@ def context() -> dict[str, object]:
     )  # fmt: skip
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     try:
-        engine = run(["docker", "version", "-f", "{{.Server.Version}}"], cwd=ROOT).stdout.strip()
-    except (RuntimeError, FileNotFoundError):
+        engine = run(["docker", "version", "-f", "{{.Server.Version}}"], timeout=20).stdout.strip()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired):
         engine = ""  # no engine: the benchmarks that need one say so themselves
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -25,11 +25,11 @@ fi
 # beside bookworm's containerd, runc and docker-init. Each is unpacked from its package alone,
 # with a private apt list: the machine's apt sources are not touched.
 work=$(mktemp -d)
-chmod 755 "$work"  # apt downloads as its own user
 trap 'rm -rf "$work"' EXIT
 trixie_ready=
 unpack_from_trixie() {  # unpack_from_trixie PACKAGE: the package's files under $work/PACKAGE
     local apt_private=(-o "Dir::Etc::sourcelist=$work/trixie.list" -o Dir::Etc::sourceparts=-
+                       -o APT::Sandbox::User=root  # the work folder is root's alone
                        -o "Dir::State::Lists=$work/lists" -o Dir::Cache::pkgcache=
                        -o Dir::Cache::srcpkgcache=)
     if [ -z "$trixie_ready" ]; then
@@ -55,11 +55,12 @@ if ! docker compose version >/dev/null 2>&1; then
         "$plugin_dir/docker-compose"
 fi
 
-major() { sed -E 's/^[^0-9]*([0-9]+)\..*/\1/'; }
-# dockerd finds docker-proxy beside itself; /usr/local/sbin comes before /usr/sbin on PATH.
+major() { sed -nE 's/^[^0-9]*([0-9]+)\..*/\1/p'; }
+at_least_min() { [[ "$1" =~ ^[0-9]+$ ]] && [ "$1" -ge "$min_engine" ]; }
+# dockerd finds docker-proxy on PATH, where /usr/local/sbin comes before /usr/sbin.
 engine_dir=/usr/local/sbin
-dockerd=$(command -v dockerd)
-if [ "$("$dockerd" --version | major)" -lt "$min_engine" ]; then
+dockerd=$(PATH="$engine_dir:$PATH:/usr/sbin" command -v dockerd || true)
+if ! at_least_min "$({ [ -n "$dockerd" ] && "$dockerd" --version; } | major)"; then
     echo "installing Docker engine 26 (Debian trixie's dockerd) into $engine_dir ..."
     unpack_from_trixie docker.io
     install -D -m 755 "$work/docker.io/usr/sbin/dockerd" "$work/docker.io/usr/sbin/docker-proxy" \
@@ -67,18 +68,20 @@ if [ "$("$dockerd" --version | major)" -lt "$min_engine" ]; then
     dockerd=$engine_dir/dockerd
 fi
 
-if docker info >/dev/null 2>&1; then
-    running=$(docker version -f '{{.Server.Version}}')
-    if [ "$(echo "$running" | major)" -lt "$min_engine" ]; then
-        if [[ " ${missing[*]} " != *" docker.io "* ]]; then
-            echo "error: Docker engine $running is running; this project needs $min_engine or later: stop it and run this again" >&2
-            exit 1
-        fi
-        # Started by the package just installed (where its post-install may start services).
-        echo "stopping Docker engine $running, started by its package ..."
-        pkill -x dockerd || true
-        for _ in $(seq 30); do pgrep -x dockerd >/dev/null || break; sleep 1; done
+running_engine() { docker version -f '{{.Server.Version}}' 2>/dev/null || true; }
+if docker info >/dev/null 2>&1 && ! at_least_min "$(running_engine | major)"; then
+    if [[ " ${missing[*]} " != *" docker.io "* ]]; then
+        echo "error: Docker engine $(running_engine) is running; this project needs $min_engine or later: stop it and run this again" >&2
+        exit 1
     fi
+    # Started by the package just installed: its post-install may start services (and under
+    # systemd, its socket would start it again).
+    echo "stopping Docker engine $(running_engine), started by its package ..."
+    if [ -d /run/systemd/system ]; then
+        systemctl disable --now docker.socket docker.service >/dev/null 2>&1 || true
+    fi
+    pkill -x dockerd || true
+    for _ in $(seq 30); do pgrep -x dockerd >/dev/null || break; sleep 1; done
 fi
 if ! docker info >/dev/null 2>&1; then
     echo "starting dockerd ..."
@@ -89,4 +92,8 @@ if ! docker info >/dev/null 2>&1; then
     done
     docker info >/dev/null 2>&1 || { echo "error: dockerd did not start; see /var/log/dockerd.log" >&2; exit 1; }
 fi
+at_least_min "$(running_engine | major)" || {
+    echo "error: Docker engine $(running_engine) answers; this project needs $min_engine or later" >&2
+    exit 1
+}
 echo "docker engine $(docker version -f '{{.Server.Version}}'), $(docker compose version)"
