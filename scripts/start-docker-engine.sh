@@ -96,4 +96,4 @@ at_least_min "$(running_engine | major)" || {
     echo "error: Docker engine $(running_engine) answers; this project needs $min_engine or later" >&2
     exit 1
 }
-echo "docker engine $(docker version -f '{{.Server.Version}}'), $(docker compose version)"
+echo "docker engine $(running_engine), $(docker compose version)"
