@@ -22,7 +22,7 @@ from iris_mlflow.data import FEATURES, SPECIES, load_frame
 from iris_mlflow.names import CHALLENGER, CHAMPION
 from iris_mlflow.registry import champion_version, register
 from iris_mlflow.serving import client as model_server_client
-from iris_mlflow.serving.model import MAX_ROWS, PROBABILITY_COLUMNS
+from iris_mlflow.serving.model import MAX_ROWS, MODEL_CODE, PROBABILITY_COLUMNS
 from iris_mlflow.train import TrainingConfig, predict_species, train
 
 GOOD_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -182,26 +182,31 @@ def test_all_150_flowers_get_the_keras_models_answers(served_url, weak_model):
 
 @pytest.mark.slow
 def test_loading_the_logged_model_imports_no_tensorflow(weak_model, tracked):
-    """What the model server and the notebook load needs mlflow-skinny, NumPy and pandas."""
+    """What the model server and the notebook load needs mlflow-skinny, NumPy and pandas, and
+    the package files logged with the model (MODEL_CODE): the installed package is hidden."""
     import mlflow
 
     probe = (
-        "import json, sys\n"
+        "import json, os, sys\n"
+        "sys.path = [p for p in sys.path if not os.path.isdir(os.path.join(p, 'iris_mlflow'))]\n"
         "import mlflow, pandas as pd\n"
         f"model = mlflow.pyfunc.load_model({weak_model.model_uri!r})\n"
         f"rows = pd.DataFrame([{list(GOOD_ROW.values())!r}], columns={list(FEATURES)!r})\n"
         "species = model.predict(rows)['species'].tolist()\n"
         "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
         "{'tensorflow', 'keras', 'jax', 'torch', 'sklearn'})\n"
-        "print(json.dumps({'species': species, 'heavy': heavy}))\n"
+        "code = os.path.dirname(sys.modules['iris_mlflow'].__file__)\n"
+        "logged = sorted(os.path.relpath(os.path.join(d, f), code)\n"
+        "                for d, _, files in os.walk(code) for f in files)\n"
+        "print(json.dumps({'species': species, 'heavy': heavy, 'code': logged}))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
-        env={**os.environ, "MLFLOW_TRACKING_URI": tracked},
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracked, "PYTHONDONTWRITEBYTECODE": "1"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     answer = json.loads(done.stdout.strip().splitlines()[-1])
-    assert answer == {"species": ["setosa"], "heavy": []}
+    assert answer == {"species": ["setosa"], "heavy": [], "code": sorted(MODEL_CODE)}
     requirements = Path(mlflow.pyfunc.get_model_dependencies(weak_model.model_uri))
     pinned = sorted(line.split("==")[0] for line in requirements.read_text().split())
     assert pinned == ["mlflow-skinny", "numpy", "pandas"]
