@@ -96,9 +96,10 @@ fi
 case "$*" in
     "") app=(mlflow.server.fastapi_app:app) ;;
     # With more workers, `mlflow server` checks the sign-in settings once, before starting them:
-    # a mistake is then one error, not workers restarted forever.
+    # a mistake is then one error, not workers restarted forever. (With one, MLflow's sign-in
+    # app with the user and each run's experiment kept in memory: sign_in_cache.py.)
     "--app-name basic-auth") [ "${MLFLOW_WORKERS:-}" = 1 ] || exec mlflow server "$@"
-        app=(--factory mlflow.server.auth:create_app) ;;
+        app=(--app-dir /opt/mlflow-server --factory sign_in_cache:create_app) ;;
     *) exec mlflow server "$@" ;;
 esac
 # Settings the CLI turns into something else, or refuses: set, they go to `mlflow server`.
