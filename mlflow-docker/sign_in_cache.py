@@ -10,46 +10,48 @@ servers' Python time.
 
 - **A run's experiment** never changes (MLflow has no call that moves a run): it is kept for
   the life of the process (the last 100 000 runs seen). A run that does not exist is not kept.
-- **A user** (id, admin flag) is kept as long as MLflow keeps a verified password
-  (``MLFLOW_AUTH_CACHE_TTL_SECONDS``; 0 keeps nothing). A user changed or deleted through a
-  server applies on that server at once, and on the others within that time, as a changed
-  password already does.
+- **A user who is not an admin** (id, admin flag) is kept for 5 s, at most
+  ``MLFLOW_AUTH_CACHE_TTL_SECONDS`` (0 keeps none). An admin is read on every request, as
+  before, so an admin who is demoted or deleted loses admin rights at once. A user changed or
+  deleted through a server is forgotten there at once; on the other servers a promotion, a
+  deletion or a re-creation under the same name applies within the 5 s (a deleted user's
+  grants are gone with the user: in those seconds a request gets at most the default
+  permission).
 
 Grants are read on every request, as before: a permission granted or revoked applies at once.
 
 ``start-server.sh`` runs this app instead of MLflow's own (``--factory
 sign_in_cache:create_app``). One function of MLflow's is replaced, not wrapped
-(``_run_requirement``): the server refuses to start if it is not the one this was written
-against, so an MLflow upgrade makes someone read this file again.
+(``_run_requirement``), and the user store's methods are wrapped: the server refuses to start
+with another MLflow than the one this was written against and read with, so an upgrade makes
+someone read this file again against the new sign-in app.
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import threading
 
 import mlflow
 from cachetools import LRUCache, TTLCache
 from mlflow.server import auth
 
-#: sha256 of the source of ``mlflow.server.auth._run_requirement`` in MLflow 3.17.2, which
-#: :func:`_run_requirement` replaces.
-MLFLOW_RUN_REQUIREMENT_SHA256 = "dd0c00e3e8452138dae2eda36094af07e9006c2223cffff5926806cce4641cfe"
+#: The MLflow whose sign-in app this was written against (``_run_requirement``, and every
+#: method of its user store that reads or changes a user).
+MLFLOW_VERSION = "3.17.2"
 RUNS_KEPT = 100_000
+#: At most this long a user who is not an admin is kept.
+USER_SECONDS = 5.0
 
 
 class OutdatedError(RuntimeError):
-    """MLflow's function changed: this module must be checked against it."""
+    """Another MLflow: this module must be checked against its sign-in app."""
 
 
 def check_mlflow() -> None:
-    source = inspect.getsource(auth._run_requirement)
-    if hashlib.sha256(source.encode()).hexdigest() != MLFLOW_RUN_REQUIREMENT_SHA256:
+    if mlflow.__version__ != MLFLOW_VERSION:
         raise OutdatedError(
-            f"sign_in_cache: mlflow.server.auth._run_requirement of MLflow {mlflow.__version__} "
-            "is not the one this cache replaces (3.17.2): compare them and update "
-            "mlflow-docker/sign_in_cache.py"
+            f"sign_in_cache: written against MLflow {MLFLOW_VERSION}'s sign-in app, this is "
+            f"MLflow {mlflow.__version__}: check mlflow-docker/sign_in_cache.py against it"
         )
 
 
@@ -77,34 +79,36 @@ def _run_requirement(run_id: str, action: str):
 
 
 def _keep_users(store, seconds: float, most: int) -> None:
-    """``store.get_user`` answered from memory for ``seconds``; forgotten when the user is
-    changed or deleted through this store."""
+    """``store.get_user`` answered from memory for ``seconds`` for users who are not admins;
+    forgotten when the user is changed or deleted through this store."""
     users: TTLCache = TTLCache(maxsize=most, ttl=seconds)
+    changes: dict[str, int] = {}  # per user, how many times it was forgotten
     lock = threading.Lock()
     read_user, update_user, delete_user = store.get_user, store.update_user, store.delete_user
 
     def forget(username: str) -> None:
         with lock:
             users.pop(username, None)
+            changes[username] = changes.get(username, 0) + 1
 
     def get_user(username: str):
         with lock:
-            user = users.get(username)
+            user, seen = users.get(username), changes.get(username, 0)
         if user is None:
             user = read_user(username)  # raises for an unknown user: nothing kept
             with lock:
-                users[username] = user
+                # Not when the user changed while it was read: the read may be the old one.
+                if not user.is_admin and changes.get(username, 0) == seen:
+                    users[username] = user
         return user
 
     def updated_user(username: str, *args, **kwargs):
-        forget(username)
         try:
             return update_user(username, *args, **kwargs)
         finally:
             forget(username)
 
     def deleted_user(username: str):
-        forget(username)
         try:
             return delete_user(username)
         finally:
@@ -117,7 +121,7 @@ def create_app():
     """MLflow's sign-in app (``mlflow.server.auth:create_app``) with the lookups kept."""
     check_mlflow()
     auth._run_requirement = _run_requirement
-    seconds = auth.auth_config.auth_cache_ttl_seconds
+    seconds = min(USER_SECONDS, auth.auth_config.auth_cache_ttl_seconds)
     if seconds > 0:
         _keep_users(auth.store, seconds, auth.auth_config.auth_cache_max_size)
     return auth.create_app()

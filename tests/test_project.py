@@ -238,23 +238,12 @@ def test_readme_screenshots_are_the_browser_tests():
     assert all((ROOT / "docs/img" / f"{name}.png").is_file() for name in shown)
 
 
-def test_the_mlflow_function_the_sign_in_cache_replaces_is_the_locked_mlflows():
-    """mlflow-docker/sign_in_cache.py replaces one function of MLflow's sign-in app and refuses
-    to start a server whose MLflow has another: an MLflow upgrade in the lock fails here first
-    (the same MLflow as the server image's; this venv lacks the app's Flask-WTF, so the source
-    is read, not imported)."""
-    import ast
-    import hashlib
-
-    import mlflow.server
-
-    auth_source = (Path(mlflow.server.__file__).parent / "auth" / "__init__.py").read_text()
-    (function,) = [
-        node
-        for node in ast.parse(auth_source).body
-        if isinstance(node, ast.FunctionDef) and node.name == "_run_requirement"
-    ]
-    lines = auth_source.splitlines(keepends=True)[function.lineno - 1 : function.end_lineno]
+def test_the_sign_in_cache_was_written_for_the_locked_mlflow():
+    """mlflow-docker/sign_in_cache.py replaces a function of MLflow's sign-in app and wraps its
+    user store, and refuses to start a server with another MLflow: an MLflow upgrade in the
+    lock fails here first, and someone reads the file again against the new sign-in app."""
+    lock = (ROOT / "poetry.lock").read_text()
+    (locked,) = re.findall(r'^name = "mlflow"\nversion = "([^"]+)"$', lock, re.M)
     cache_source = (ROOT / "mlflow-docker" / "sign_in_cache.py").read_text()
-    (pinned,) = re.findall(r'^MLFLOW_RUN_REQUIREMENT_SHA256 = "(\w+)"$', cache_source, re.M)
-    assert hashlib.sha256("".join(lines).encode()).hexdigest() == pinned
+    (written_for,) = re.findall(r'^MLFLOW_VERSION = "([^"]+)"$', cache_source, re.M)
+    assert written_for == locked

@@ -361,6 +361,30 @@ def test_make_user_adds_a_reader_then_an_editor_of_the_shared_experiment_and_mod
         client.delete_registered_model_alias(MODEL, name)
 
 
+def test_an_admin_demoted_loses_admin_rights_at_once_on_every_server(team_stack):
+    """The tracking servers keep users who are not admins for a few seconds
+    (mlflow-docker/sign_in_cache.py), never admins: an admin demoted through one server is
+    refused admin calls on the next request, whichever server answers it."""
+    api = f"{team_stack.mlflow_url}/api/2.0/mlflow/users"
+    admin = (ADMIN, password(team_stack, ADMIN))
+    name, secret = f"carol-{uuid.uuid4().hex[:6]}", f"carol-{uuid.uuid4().hex}"
+
+    def make_admin(who: tuple[str, str], value: bool) -> int:
+        body = {"username": name, "is_admin": value}
+        return requests.patch(f"{api}/update-admin", json=body, auth=who, timeout=30).status_code
+
+    created = requests.post(f"{api}/create", json={"username": name, "password": secret},
+                            auth=admin, timeout=30)  # fmt: skip
+    assert created.status_code == 200, created.text
+    assert make_admin(admin, True) == 200
+    # Carol signs in as an admin, often enough for both servers (round robin) to read her.
+    search = f"{team_stack.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
+    for _ in range(4):
+        assert requests.get(search, auth=(name, secret), timeout=30).status_code == 200
+    assert make_admin(admin, False) == 200
+    assert [make_admin((name, secret), True) for _ in range(4)] == [403] * 4
+
+
 # --- a team training at once -----------------------------------------------------------------
 
 
